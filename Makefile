@@ -1,0 +1,39 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both do all set-up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODELS ?= models
+EMBEDDER := $(MODELS)/edged-minilm-m2v/config.json
+
+.PHONY: all bootstrap embedder test lint demo bench eval clean
+all: test
+
+bootstrap:
+	@scripts/bootstrap
+
+# The local embedder is distilled once (torch only at build time, in its own venv) and cached.
+$(EMBEDDER): scripts/build-embedder
+	@$(MAKE) --no-print-directory bootstrap
+	scripts/build-embedder --out $(MODELS)/edged-minilm-m2v
+
+embedder: bootstrap $(EMBEDDER)
+
+lint: bootstrap
+	$(PY) -m ruff check edged tests scripts
+
+# pytest exits 5 when it collected no tests: that is a broken suite, never a pass.
+test: bootstrap embedder lint
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5) - failing" >&2; fi; \
+	exit $$rc
+
+demo: bootstrap embedder
+	$(PY) scripts/demo
+
+bench: bootstrap embedder
+	$(PY) scripts/bench
+
+eval: bootstrap embedder
+	$(VENV)/bin/edged-index-sync --eval
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-out

@@ -1,0 +1,318 @@
+"""Settings in one place: a typed model, loaded from layered TOML files.
+
+Layers, lowest to highest precedence:
+
+1. packaged defaults (the field defaults below; ``config/edged.example.toml`` lists them),
+2. the admin file: ``/etc/edged/edged.toml`` or ``--config PATH``,
+3. the OTA override file (``/var/lib/edged/config/current.toml``), written only by signed
+   OTA updates,
+4. the environment: ``GEMINI_API_KEY``.
+
+Every key is validated by pydantic with unknown keys forbidden, so a typo is an error rather
+than a silently ignored setting. A :class:`ConfigError` names the file that set the bad value,
+the dotted key path, the value and what is allowed - the operator reads it in the journal or
+from ``edged check-config`` and can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+DEFAULT_ADMIN_CONFIG = Path("/etc/edged/edged.toml")
+DEFAULT_OVERRIDE_CONFIG = Path("/var/lib/edged/config/current.toml")
+ENV_API_KEY = "GEMINI_API_KEY"
+CREDENTIAL_NAME = "gemini_api_key"   # LoadCredential=gemini_api_key:/etc/edged/gemini_api_key
+
+DEFAULT_SYSTEM_INSTRUCTION = (
+    "Eres edged, un asistente de voz amable que vive en un pequeño dispositivo que el usuario "
+    "lleva consigo. Responde de forma breve y natural, en el idioma en que te hablen (sobre todo "
+    "español). Cuando la pregunta trate de temas de la base de conocimiento, usa la herramienta "
+    "search_knowledge y cita la fuente por su título."
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem an operator can fix; the message says where and how."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GeminiSettings(_Section):
+    """How to reach Gemini Live, and what the assistant sounds like."""
+
+    # gemini-3.8-live: the stable Live model recommended in late 2026 (native audio only).
+    model: str = "gemini-3.8-live"
+    api_key: SecretStr | None = Field(
+        default=None, description="Prefer GEMINI_API_KEY or api_key_file; never logged."
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="File holding the key (0600), e.g. a systemd credential."
+    )
+    vertex: bool = False
+    project: str | None = None
+    location: str | None = None
+    base_url: str | None = Field(
+        default=None, description="API gateway or the local simulator, e.g. https://127.0.0.1:8765"
+    )
+    ca_file: Path | None = Field(default=None, description="Extra CA to trust for base_url (PEM)")
+    api_version: str | None = None
+    voice: str = "Kore"
+    language: str = "es-ES"
+    system_instruction: str = DEFAULT_SYSTEM_INSTRUCTION
+    response_modality: Literal["AUDIO", "TEXT"] = "AUDIO"
+
+    @model_validator(mode="after")
+    def _vertex_needs_project(self) -> GeminiSettings:
+        if self.vertex and self.api_key is None and not (self.project and self.location):
+            raise ValueError(
+                "gemini.vertex = true needs gemini.project and gemini.location "
+                "(or an API key for Vertex express mode)"
+            )
+        return self
+
+
+class SessionSettings(_Section):
+    """The Live session supervisor: resumption, compression, reconnects, liveness."""
+
+    turn_detection: Literal["local", "server"] = Field(
+        default="local",
+        description="local: our VAD sends activityStart/End; server: stream all audio (baseline)",
+    )
+    resumption: bool = True
+    compression_trigger_tokens: int = Field(default=25600, ge=1000)
+    compression_target_tokens: int = Field(default=12800, ge=500)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_cap_s: float = Field(default=30.0, gt=0)
+    config_error_retry_s: float = Field(
+        default=300.0, gt=0, description="Retry interval after 1007/1008 (configuration errors)"
+    )
+    connect_timeout_s: float = Field(default=15.0, gt=0)
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    ping_timeout_s: float = Field(default=45.0, gt=0)
+    stall_timeout_s: float = Field(
+        default=30.0, gt=0, description="No server message this long while a reply is due = dead"
+    )
+    goaway_margin_s: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SessionSettings:
+        if self.compression_target_tokens >= self.compression_trigger_tokens:
+            raise ValueError("compression_target_tokens must be below compression_trigger_tokens")
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("backoff_cap_s must be >= backoff_base_s")
+        return self
+
+
+class ToolSettings(_Section):
+    timeout_s: float = Field(default=8.0, gt=0, le=120)
+
+
+class AudioSettings(_Section):
+    """ALSA devices. Capture is 16 kHz mono S16_LE, playback 24 kHz mono S16_LE (Live formats)."""
+
+    capture_device: str = "default"
+    playback_device: str = "default"
+    period_ms: Literal[10, 20, 30] = 20
+    playback_buffer_ms: int = Field(default=80, ge=20, le=1000)
+    retry_base_s: float = Field(default=0.5, gt=0)
+    retry_cap_s: float = Field(default=30.0, gt=0)
+
+
+class VadSettings(_Section):
+    aggressiveness: int = Field(default=2, ge=0, le=3)
+    preroll_ms: int = Field(default=400, ge=0, le=2000)
+    start_voiced_frames: int = Field(default=6, ge=1)
+    start_window_frames: int = Field(default=10, ge=1)
+    end_silence_ms: int = Field(default=700, ge=100)
+    min_speech_ms: int = Field(default=250, ge=0)
+    max_turn_s: float = Field(default=15.0, gt=0)
+    batch_ms: int = Field(default=60, ge=40, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> VadSettings:
+        if self.start_voiced_frames > self.start_window_frames:
+            raise ValueError("start_voiced_frames must be <= start_window_frames")
+        return self
+
+
+class EchoSettings(_Section):
+    """What to do with the mic while the device itself is speaking (no real AEC yet)."""
+
+    policy: Literal["guard", "mute", "open"] = "guard"
+    bargein_min_ms: int = Field(default=400, ge=0)
+    bargein_min_dbfs: float = Field(default=-30.0, le=0)
+
+
+class CameraSettings(_Section):
+    enabled: bool = False
+    width: int = Field(default=768, ge=64)
+    height: int = Field(default=768, ge=64)
+    jpeg_quality: int = Field(default=75, ge=10, le=95)
+    on_speech_start: bool = False
+    min_interval_s: float = Field(default=5.0, ge=1.0)
+
+
+class KnowledgeSettings(_Section):
+    index_dir: Path = Path("/var/lib/edged/index")
+    embedder: Literal["local", "gemini"] = "local"
+    local_model: Path | None = Field(
+        default=None, description="model2vec directory; default: the one built by make"
+    )
+    gemini_model: str = "gemini-embedding-001"
+    gemini_dims: int = Field(default=768, ge=64)
+    top_k: int = Field(default=4, ge=1, le=20)
+    char_budget: int = Field(default=1200, ge=200)
+    weight_fts: float = Field(default=1.0, ge=0)
+    weight_vec: float = Field(default=1.0, ge=0)
+    rrf_k: int = Field(default=60, ge=1)
+
+
+class SyncSettings(_Section):
+    source: str = Field(
+        default="", description="A directory, or an http(s) base URL with a manifest")
+    max_doc_bytes: int = Field(default=2_000_000, ge=1024)
+    state_dir: Path = Path("/var/lib/edged/sync")
+
+
+class ControlSettings(_Section):
+    socket_path: Path = Path("/run/edged/control.sock")
+    group: str = "edged"
+    max_request_bytes: int = Field(default=65536, ge=1024)
+
+
+class MetricsSettings(_Section):
+    textfile: Path | None = Field(
+        default=None, description="node_exporter textfile collector file, e.g. .../edged.prom"
+    )
+    http_port: int | None = Field(default=None, ge=1, le=65535, description="off unless set")
+    http_host: str = "127.0.0.1"
+
+
+class PathSettings(_Section):
+    state_dir: Path = Path("/var/lib/edged")
+
+
+class Settings(_Section):
+    gemini: GeminiSettings = GeminiSettings()
+    session: SessionSettings = SessionSettings()
+    tools: ToolSettings = ToolSettings()
+    audio: AudioSettings = AudioSettings()
+    vad: VadSettings = VadSettings()
+    echo: EchoSettings = EchoSettings()
+    camera: CameraSettings = CameraSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
+    sync: SyncSettings = SyncSettings()
+    control: ControlSettings = ControlSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    paths: PathSettings = PathSettings()
+
+    def api_key(self) -> str | None:
+        """The API key from its configured source; read here so nothing else touches secrets."""
+        if self.gemini.api_key is not None:
+            return self.gemini.api_key.get_secret_value()
+        if self.gemini.api_key_file is not None:
+            try:
+                return self.gemini.api_key_file.read_text().strip() or None
+            except OSError as e:
+                raise ConfigError(
+                    f"gemini.api_key_file: cannot read {self.gemini.api_key_file}: {e.strerror}"
+                ) from e
+        return None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as plain data with secrets replaced, for display and logs."""
+        data = self.model_dump(mode="json")
+        if self.gemini.api_key is not None:
+            data["gemini"]["api_key"] = "**********"
+        return data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: file not found") from e
+    except PermissionError as e:
+        raise ConfigError(f"{path}: permission denied (the service reads it as user edged)") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any], origin: str,
+           provenance: dict[tuple[str, ...], str], prefix: tuple[str, ...] = ()) -> None:
+    """Deep-merge ``top`` into ``base``, remembering which file set each leaf."""
+    for key, value in top.items():
+        path = (*prefix, key)
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, origin, provenance, path)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+            provenance[path] = origin
+
+
+def _origin_of(loc: tuple[str, ...], provenance: Mapping[tuple[str, ...], str]) -> str:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in provenance:
+            return provenance[loc[:n]]
+    return "packaged defaults"
+
+
+def _describe(err: ValidationError, provenance: Mapping[tuple[str, ...], str]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        key = ".".join(loc) or "(top level)"
+        origin = _origin_of(loc, provenance)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key '{key}' (check the spelling; "
+                         "`edged check-config` prints every valid key)")
+            continue
+        value = "<secret>" if "api_key" in key else repr(e.get("input"))
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{origin}: {key} = {value}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    config_path: Path | None = None,
+    override_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load and validate the layered configuration.
+
+    ``config_path``: the admin file; ``None`` means ``/etc/edged/edged.toml`` if it exists.
+    ``override_path``: the OTA override; ``None`` means the default path if it exists.
+    ``extra``: a final in-memory layer (used by tests and the demo to point at the simulator).
+    """
+    env = os.environ if env is None else env
+    provenance: dict[tuple[str, ...], str] = {}
+    merged: dict[str, Any] = {}
+    admin = config_path if config_path is not None else (
+        DEFAULT_ADMIN_CONFIG if DEFAULT_ADMIN_CONFIG.exists() else None)
+    if admin is not None:
+        _merge(merged, _read_toml(admin), str(admin), provenance)
+    override = override_path if override_path is not None else (
+        DEFAULT_OVERRIDE_CONFIG if DEFAULT_OVERRIDE_CONFIG.exists() else None)
+    if override is not None and override.exists():
+        _merge(merged, _read_toml(override), str(override), provenance)
+    if extra:
+        _merge(merged, extra, "command-line overrides", provenance)
+    if env.get(ENV_API_KEY):
+        _merge(merged, {"gemini": {"api_key": env[ENV_API_KEY]}}, f"${ENV_API_KEY}", provenance)
+    elif (cred := env.get("CREDENTIALS_DIRECTORY")) and (Path(cred) / CREDENTIAL_NAME).exists():
+        _merge(merged, {"gemini": {"api_key_file": str(Path(cred) / CREDENTIAL_NAME)}},
+               "systemd credential", provenance)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, provenance)) from None
