@@ -64,3 +64,9 @@ def test_check_config_bad_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
     admin = write(tmp_path, "edged.toml", "[session]\nbackoff_base_s = -1\n")
     assert main(["check-config", "--config", str(admin), "--override", str(tmp_path / "x")]) == 2
     assert "session.backoff_base_s" in capsys.readouterr().err
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "edged.example.toml"
+    s = load_settings(example, example.with_name("absent.toml"), env={})
+    assert s.gemini.language == "es-ES"
