@@ -180,12 +180,19 @@ class SyncSettings(_Section):
         default="", description="A directory, or an http(s) base URL with a manifest")
     max_doc_bytes: int = Field(default=2_000_000, ge=1024)
     state_dir: Path = Path("/var/lib/edged/sync")
+    http_timeout_s: float = Field(default=30.0, gt=0, description="Per request to an http source")
+    prom_textfile: Path | None = Field(
+        default=None, description="node_exporter textfile for edged_index_* metrics, e.g. "
+        "/var/lib/prometheus/node-exporter/edged_index.prom")
 
 
 class ControlSettings(_Section):
     socket_path: Path = Path("/run/edged/control.sock")
     group: str = "edged"
     max_request_bytes: int = Field(default=65536, ge=1024)
+    stop_timeout_s: float = Field(
+        default=10.0, gt=0, le=120,
+        description="Graceful stop budget on SIGTERM; keep below the unit's TimeoutStopSec (20s)")
 
 
 class MetricsSettings(_Section):
@@ -194,6 +201,7 @@ class MetricsSettings(_Section):
     )
     http_port: int | None = Field(default=None, ge=1, le=65535, description="off unless set")
     http_host: str = "127.0.0.1"
+    textfile_interval_s: float = Field(default=15.0, ge=1.0, description="textfile rewrite period")
 
 
 class PathSettings(_Section):
