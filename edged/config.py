@@ -101,6 +101,10 @@ class SessionSettings(_Section):
         default=30.0, gt=0, description="No server message this long while a reply is due = dead"
     )
     goaway_margin_s: float = Field(default=5.0, ge=0)
+    stable_after_s: float = Field(
+        default=60.0, gt=0, description="A connection this old resets the reconnect backoff")
+    text_wait_s: float = Field(
+        default=10.0, ge=0, description="How long a text turn waits for a reconnect before failing")
 
     @model_validator(mode="after")
     def _check(self) -> SessionSettings:
@@ -121,13 +125,24 @@ class AudioSettings(_Section):
     capture_device: str = "default"
     playback_device: str = "default"
     period_ms: Literal[10, 20, 30] = 20
-    playback_buffer_ms: int = Field(default=80, ge=20, le=1000)
+    playback_buffer_ms: int = Field(
+        default=80, ge=20, le=1000,
+        description="ALSA playback buffer; the barge-in stop latency is at most this")
+    playback_prebuffer_ms: int = Field(
+        default=60, ge=0, le=1000,
+        description="Reply audio held before the first write, so a slow burst doesn't underrun")
     retry_base_s: float = Field(default=0.5, gt=0)
     retry_cap_s: float = Field(default=30.0, gt=0)
 
 
 class VadSettings(_Section):
+    """The local speech gate (docs/voice.md): webrtcvad plus pre-roll and turn timing."""
+
     aggressiveness: int = Field(default=2, ge=0, le=3)
+    frame_ms: Literal[10, 20, 30] = Field(default=30, description="webrtcvad frame length")
+    warmup_ms: int = Field(
+        default=150, ge=0, le=2000,
+        description="After (re)start: fill the pre-roll only; never a trigger, never silence")
     preroll_ms: int = Field(default=400, ge=0, le=2000)
     start_voiced_frames: int = Field(default=6, ge=1)
     start_window_frames: int = Field(default=10, ge=1)
@@ -146,9 +161,15 @@ class VadSettings(_Section):
 class EchoSettings(_Section):
     """What to do with the mic while the device itself is speaking (no real AEC yet)."""
 
-    policy: Literal["guard", "mute", "open"] = "guard"
+    policy: Literal["guard", "mute", "open"] = Field(
+        default="guard",
+        description="guard: while playing, only sustained loud speech barges in; "
+                    "mute: ignore the mic while playing; open: no protection")
     bargein_min_ms: int = Field(default=400, ge=0)
     bargein_min_dbfs: float = Field(default=-30.0, le=0)
+    tail_ms: int = Field(
+        default=200, ge=0, le=2000,
+        description="The policy still applies this long after the last sample (room echo)")
 
 
 class CameraSettings(_Section):
