@@ -307,8 +307,10 @@ async def test_server_vad_ends_turn_on_silence() -> None:
         for chunk in [loud, quiet, quiet]:
             await session.send_realtime_input(audio=types.Blob(
                 data=chunk, mime_type=f"audio/pcm;rate={rate}"))
-        await asyncio.sleep(0.05)
-        assert not sim.connections[0].sent[1:]      # 200 ms of silence: still listening
+        # A message is recorded and fed to the VAD in one step, so once all three are
+        # recorded the VAD has seen 200 ms of silence: still listening, nothing sent yet.
+        await sim.wait_for(lambda s: len(s.messages("realtimeInput")) == 3, timeout=5)
+        assert sim.connections[0].sent == [{"setupComplete": {}}]
         await session.send_realtime_input(audio=types.Blob(
             data=quiet, mime_type=f"audio/pcm;rate={rate}"))
         msgs = await one_turn(session)

@@ -315,6 +315,7 @@ class _Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self.pending: dict[str, asyncio.Future[Any]] = {}
         self.cancelled: set[str] = set()
+        self.answered: set[str] = set()
         self.running = asyncio.Event()
         self.running.set()
         self.resumable_updates = False
@@ -469,9 +470,13 @@ class _Connection:
         if "activityStart" in body:
             self.in_activity = True
             await self.barge_in()
-        if "activityEnd" in body and self.in_activity:
-            self.in_activity = False
-            await self.end_turn("audio", "activity_end", self.sim.next_transcript())
+        if "activityEnd" in body:
+            if not self.in_activity:
+                log.warning("connection %d: activityEnd without activityStart ignored",
+                            self.record.index)
+            else:
+                self.in_activity = False
+                await self.end_turn("audio", "activity_end", self.sim.next_transcript())
         if body.get("audioStreamEnd") and self.vad is not None and self.vad.flush():
             await self.end_turn("audio", "audio_stream_end", self.sim.next_transcript())
         text = body.get("text")
@@ -508,7 +513,11 @@ class _Connection:
             fid = fr.get("id")
             fut = self.pending.pop(fid, None) if isinstance(fid, str) else None
             if fut is not None:
-                fut.set_result(fr.get("response"))
+                self.answered.add(fid)
+                if not fut.done():
+                    fut.set_result(fr.get("response"))
+            elif fid in self.answered:
+                await self.fail(f"toolResponse id {fid!r} ({fr.get('name')}) was already answered")
             elif fid not in self.cancelled:
                 await self.fail(f"toolResponse id {fid!r} ({fr.get('name')}) matches no pending "
                                 f"functionCall (pending: {sorted(self.pending)})")
@@ -552,11 +561,18 @@ class _Connection:
         self.session.history.append({"role": "user", "text": text})
         rule = self.sim.rules("turn", connection=self.record.index, turn=self.turns, text=text,
                               source=source, via=via)
+        log.info("connection %d turn %d (%s via %s): %r -> %s", self.record.index, self.turns,
+                 source, via, text, "rule" if rule else "fallback")
         actions = rule.actions if rule is not None else self.sc.fallback
-        self.reply_task = asyncio.create_task(self.reply(actions, ctx))
+        previous = self.reply_task    # still running only under NO_INTERRUPTION: queue behind it
+        self.reply_task = asyncio.create_task(self.reply(actions, ctx, previous))
 
-    async def reply(self, actions: list[Action], ctx: TurnContext) -> None:
+    async def reply(self, actions: list[Action], ctx: TurnContext,
+                    previous: asyncio.Task[None] | None = None) -> None:
         assert self.session is not None
+        if previous is not None and not previous.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(previous)
         try:
             if self.resumable_updates:
                 await self.send({"sessionResumptionUpdate": {"resumable": False}})
