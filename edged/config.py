@@ -192,8 +192,12 @@ class KnowledgeSettings(_Section):
     top_k: int = Field(default=4, ge=1, le=20)
     char_budget: int = Field(default=1200, ge=200)
     weight_fts: float = Field(default=1.0, ge=0)
-    weight_vec: float = Field(default=1.0, ge=0)
+    weight_vec: float = Field(default=0.5, ge=0)   # the local model is weaker than BM25 (make eval)
     rrf_k: int = Field(default=60, ge=1)
+    min_vector_similarity: float = Field(
+        default=0.65, ge=0, le=1,
+        description="Cosine floor for vector hits when no keyword matches at all (off-topic "
+        "questions then get 'nothing found'); calibrated for the local model on the sample KB")
 
 
 class SyncSettings(_Section):
