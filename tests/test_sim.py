@@ -355,3 +355,33 @@ async def test_vertex_path_and_standard_base64_accepted(sim: LiveSimulator) -> N
     [(_, m)] = sim.messages("realtimeInput")
     assert m["realtimeInput"]["mediaChunks"][0]["data"] == b"\xfb\xff"
     assert not sim.connections[0].api_key_present
+
+
+@pytest.mark.parametrize("sim", [Scenario(tool_timeout=0.3, rules=[Rule(actions=[
+    ToolCall("search_knowledge")])])], indirect=True)
+async def test_missing_tool_response_fails_loudly(sim: LiveSimulator) -> None:
+    async with client_for(sim).aio.live.connect(model=MODEL, config=TEXT) as session:
+        await session.send_client_content(turns=user("hola"))
+        with pytest.raises(errors.APIError) as e:
+            await read_until(session, lambda m: False)
+    assert e.value.code == 1008 and "no toolResponse" in e.value.details
+    assert len(sim.errors) == 1 and "search_knowledge" in sim.errors[0]
+
+
+async def test_inject_runs_actions_on_open_connection(sim: LiveSimulator) -> None:
+    with pytest.raises(LookupError):
+        sim.inject(Drop())
+    async with client_for(sim).aio.live.connect(model=MODEL, config=RESUMING) as session:
+        await read_until(session, lambda m: m.session_resumption_update)
+        sim.inject(GoAway(time_left=0.1, close_code=1011, close_reason="Deadline expired"))
+        with pytest.raises(errors.APIError) as e:
+            await read_until(session, lambda m: False)
+    assert (e.value.code, e.value.details) == (1011, "Deadline expired")
+    resume = types.LiveConnectConfig(
+        session_resumption=types.SessionResumptionConfig(handle=sim.connections[0].sent[1][
+            "sessionResumptionUpdate"]["newHandle"]))
+    with pytest.raises(errors.APIError) as e:   # the model of a session cannot change
+        async with client_for(sim).aio.live.connect(model="gemini-3.1-flash-live-preview",
+                                                    config=resume):
+            pass
+    assert e.value.code == 1007 and "model" in e.value.details

@@ -84,6 +84,7 @@ class SessionState:
     """Server-side conversation of one session; resumption handles point into it."""
 
     id: str
+    model: str
     history: list[dict[str, str]] = field(default_factory=list)   # {"role", "text"}
     handles: dict[str, int] = field(default_factory=dict)         # handle -> len(history)
 
@@ -232,6 +233,20 @@ class LiveSimulator:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"simulator condition not met within {timeout}s")
             await asyncio.sleep(0.01)
+
+    def inject(self, *actions: Action, connection: int = -1) -> None:
+        """Run actions now on an open connection (default: the newest), in the background.
+
+        For faults whose timing depends on the client's state rather than on a client event
+        (e.g. drop while the supervisor is mid-reconnect); declarative rules cover the rest.
+        """
+        index = connection % len(self.connections) if self.connections else 0
+        for c in self._live:
+            if c.record.index == index and c.session is not None:
+                c.spawn(c.run_actions(list(actions), c.context("", "text", "inject")))
+                return
+        raise LookupError(f"connection {connection} is not open (open: "
+                          f"{sorted(c.record.index for c in self._live)})")
 
     # --- internals used by connections -----------------------------------------------------
 
@@ -399,9 +414,13 @@ class _Connection:
             if self.session is None:
                 await self.close(1008, "Session resumption handle is invalid or expired.")
                 return False
+            if self.session.model != model:
+                await self.close(1007, f"Session resumption cannot change the model "
+                                       f"({self.session.model} -> {model}).")
+                return False
             self.record.resumed_handle = handle
         else:
-            self.session = SessionState(self.sim.new_id("s"))
+            self.session = SessionState(self.sim.new_id("s"), model)
             self.sim.sessions[self.session.id] = self.session
         self.record.session_id = self.session.id
         rule = self.sim.rules("setup", connection=self.record.index)
@@ -577,18 +596,18 @@ class _Connection:
             if self.resumable_updates:
                 await self.send({"sessionResumptionUpdate": {"resumable": False}})
             said = await self.run_actions(actions, ctx)
-            if said is None:
-                return
-            await self.send({"serverContent": {"generationComplete": True}})
-            self.session.history.append({"role": "model", "text": said})
-            await asyncio.sleep(self.sc.turn_complete_delay)
-            done: dict[str, Any] = {"serverContent": {"turnComplete": True}}
-            if self.sc.usage:
-                prompt = sum(len(h["text"]) // 4 + 1 for h in self.session.history[:-1])
-                out = len(said) // 4 + 1
-                done["usageMetadata"] = {"promptTokenCount": prompt, "responseTokenCount": out,
-                                         "totalTokenCount": prompt + out}
-            await self.send(done)
+            if said is not None:   # a turn with no model output (e.g. only sleeps) has no end
+                await self.send({"serverContent": {"generationComplete": True}})
+                self.session.history.append({"role": "model", "text": said})
+                await asyncio.sleep(self.sc.turn_complete_delay)
+                done: dict[str, Any] = {"serverContent": {"turnComplete": True}}
+                if self.sc.usage:
+                    prompt = sum(len(h["text"]) // 4 + 1 for h in self.session.history[:-1])
+                    out = len(said) // 4 + 1
+                    done["usageMetadata"] = {"promptTokenCount": prompt,
+                                             "responseTokenCount": out,
+                                             "totalTokenCount": prompt + out}
+                await self.send(done)
             if self.resumable_updates:
                 await self.resumption_update()
         except _Stop:
