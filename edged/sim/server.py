@@ -248,6 +248,13 @@ class LiveSimulator:
         raise LookupError(f"connection {connection} is not open (open: "
                           f"{sorted(c.record.index for c in self._live)})")
 
+    def expire_handles(self) -> None:
+        """Forget every resumption handle (as the real server does after 2 h): the next
+        resume attempt is refused with 1008 and the client must start a new session."""
+        self._handles.clear()
+        for session in self.sessions.values():
+            session.handles.clear()
+
     # --- internals used by connections -----------------------------------------------------
 
     def error(self, conn: int, text: str) -> None:
