@@ -351,7 +351,12 @@ async def test_vertex_path_and_standard_base64_accepted(sim: LiveSimulator) -> N
         assert isinstance(await ws.recv(), bytes)   # binary frames, like the real server
         await ws.send(json.dumps({"realtimeInput": {"mediaChunks": [
             {"data": "+/8=", "mimeType": "audio/pcm"}]}}))
-        await sim.wait_for(lambda s: s.messages("realtimeInput"), timeout=5)
+        await ws.send(json.dumps({"client_content": {  # the deprecated send() spelling
+            "turns": [{"role": "user", "parts": [{"text": "hola"}]}], "turn_complete": True}}))
+        replies = []
+        while not replies or "turnComplete" not in replies[-1].get("serverContent", {}):
+            replies.append(json.loads(await ws.recv()))
+    assert {k for r in replies for k in r} <= {"serverContent", "usageMetadata"}
     [(_, m)] = sim.messages("realtimeInput")
     assert m["realtimeInput"]["mediaChunks"][0]["data"] == b"\xfb\xff"
     assert not sim.connections[0].api_key_present

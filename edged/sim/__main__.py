@@ -44,7 +44,8 @@ async def _serve(sim: LiveSimulator) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edged-sim", description=__doc__)
+    p = argparse.ArgumentParser(prog="edged-sim", description="Run the Gemini Live simulator "
+                                "until Ctrl-C or SIGTERM (docs/simulator.md).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--cert-dir", type=Path, default=DEFAULT_CERT_DIR,
