@@ -57,6 +57,7 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, stream: TextIO) -> asyncio.Que
 async def _reply(events: asyncio.Queue[LiveEvent], out: TextIO, audio: bool) -> bytes:
     """Print one streamed reply until TurnComplete; returns its audio (AUDIO modality)."""
     pcm = bytearray()
+    link_lost = False
     async with asyncio.timeout(REPLY_TIMEOUT_S):
         while True:
             ev = await events.get()
@@ -67,7 +68,9 @@ async def _reply(events: asyncio.Queue[LiveEvent], out: TextIO, audio: bool) -> 
             elif isinstance(ev, Interrupted):
                 pcm.clear()
             elif isinstance(ev, SessionChanged) and ev.state not in ("ready", "closed"):
-                out.write(f" [link {ev.state}; the question is re-sent after reconnecting] ")
+                if not link_lost:
+                    out.write(" [link lost; reconnecting, the question will be re-sent] ")
+                link_lost = True
                 pcm.clear()
             elif isinstance(ev, TurnComplete):
                 return bytes(pcm)

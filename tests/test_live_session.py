@@ -311,8 +311,9 @@ async def test_stalled_socket_is_detected_within_the_documented_bound() -> None:
         events = await until(q, TurnComplete)
         status = live.status()
     detected = next(e for e in events if isinstance(e, SessionChanged) and e.state == "backoff")
-    # documented bound: stall_timeout_s + one watchdog tick (min(1 s, stall_timeout_s / 4))
-    assert stall_s < detected.t - sent <= stall_s + min(1.0, stall_s / 4) + 0.5
+    # documented bound: stall_timeout_s + one watchdog tick (min(1 s, stall_timeout_s / 4)),
+    # plus 1 s of scheduling slack for a loaded machine
+    assert stall_s < detected.t - sent <= stall_s + min(1.0, stall_s / 4) + 1.0
     assert "stall" in detected.detail
     assert status["reconnects_by_code"] == {"stall": 1}
     assert sim.connections[1].resumed_handle is not None     # answered after resuming

@@ -404,7 +404,7 @@ class LiveSession:
             self._failures = 0
             return 0.0
         if end.kind == "config" or end.code in CONFIG_ERROR_CODES:
-            if end.resumed and end.during_setup:
+            if end.code in CONFIG_ERROR_CODES and end.resumed and end.during_setup:
                 # Stale or rejected handle (seen after long sessions): a fresh session is the
                 # fix, not a five-minute wait.
                 log.warning("Live refused to resume (close %s: %s); starting a new session",
@@ -531,9 +531,11 @@ class LiveSession:
             self._publish(Interrupted())
         elif sc.model_turn and sc.model_turn.parts:
             for part in sc.model_turn.parts:
-                if part.inline_data is not None and part.inline_data.data:
-                    self._bytes_down += len(part.inline_data.data)
-                    self._publish(ModelAudio(part.inline_data.data))
+                blob = part.inline_data
+                if blob is not None and blob.data and (blob.mime_type or "audio/").startswith(
+                        "audio/"):
+                    self._bytes_down += len(blob.data)
+                    self._publish(ModelAudio(blob.data))
                 elif part.text and not part.thought:
                     self._turn_model.append(part.text)
                     self._publish(ModelText(part.text))
