@@ -280,7 +280,12 @@ class Daemon:
             with contextlib.suppress(Exception):
                 vad = self.voice.status().get("vad") or {}
                 ratio = vad.get("gated_ratio")
-        sync = self.index.get("last_sync") or {}
+        sync = self.index.get("last_sync")
+        sync_ok, sync_ts = None, None
+        if isinstance(sync, dict):
+            sync_ok = sync.get("status") in ("ok", "skipped")
+            with contextlib.suppress(TypeError, ValueError):
+                sync_ts = datetime.fromisoformat(str(sync.get("time"))).timestamp()
         return Snapshot(
             healthy=not self.problems(), muted=self.muted,
             bytes_up=live.get("bytes_up"), bytes_down=live.get("bytes_down"),
@@ -288,8 +293,7 @@ class Daemon:
             index_generation=self.index.get("generation"),
             index_bytes=self.index.get("db_bytes"),
             index_docs=self.index.get("documents"), index_chunks=self.index.get("chunks"),
-            last_sync_ok=sync.get("ok") if isinstance(sync, dict) else None,
-            last_sync_timestamp=sync.get("finished_at") if isinstance(sync, dict) else None,
+            last_sync_ok=sync_ok, last_sync_timestamp=sync_ts,
             config_reload_ok=bool(self.last_reload["ok"]),
             components={n: h.state for n, h in self.health.items()})
 
@@ -323,8 +327,8 @@ class Daemon:
 
     async def _open_index(self) -> None:
         try:
-            from edged.knowledge import tool as ktool  # type: ignore[attr-defined]
-            self.tools.register(ktool.make_search_tool(self.settings))
+            from edged.knowledge.tool import make_search_tool
+            self.tools.register(make_search_tool(self.settings))
         except Exception as e:
             self._tool_error = f"search tool unavailable: {type(e).__name__}: {e}"
             log.warning("knowledge: %s", self._tool_error, extra={"EDGED_EVENT": EV_ERROR})
@@ -334,9 +338,8 @@ class Daemon:
         """Re-read the index status (generation, size, last sync) in a thread."""
         self._index_due = time.monotonic() + INDEX_REFRESH_S
         try:
-            from edged import knowledge
-            status_fn = knowledge.index_status   # type: ignore[attr-defined]
-            self.index = await asyncio.to_thread(status_fn, self.settings)
+            from edged.knowledge.status import index_status
+            self.index = await asyncio.to_thread(index_status, self.settings)
         except Exception as e:
             self.index = {"state": "unavailable", "error": f"{type(e).__name__}: {e}"}
         problem = self._tool_error or self.index.get("error")
@@ -441,8 +444,15 @@ class Daemon:
     async def _pump_voice_turns(self) -> None:
         turns = self.voice.subscribe_turns()
         while True:
-            turn = _as_dict(await turns.get())
-            self._record_turn("voice", turn)
+            rec = await turns.get()
+            d = rec.as_dict() if hasattr(rec, "as_dict") else _as_dict(rec)
+            if d.get("speech_ms") is None:
+                continue   # the spoken reply to a text turn: `ask` records that turn itself
+            ms = d.get("end_to_speaker_ms") or d.get("end_to_first_reply_ms")
+            self._record_turn("voice", {
+                "user": d.get("user_text", ""), "model": d.get("model_text", ""),
+                "tools": d.get("tools", []), "outcome": d.get("outcome"),
+                "latency_s": None if ms is None else ms / 1000, "detail": d})
 
     def _record_turn(self, kind: str, turn: dict[str, Any]) -> None:
         turn = {"kind": kind, "ts": time.time(), **turn}

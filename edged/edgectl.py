@@ -169,9 +169,7 @@ def format_status(st: dict[str, Any], style: _Style) -> str:
                      if idx.get(k) is not None)
     sync = idx.get("last_sync")
     if isinstance(sync, dict):
-        iline += f" · last sync {'ok' if sync.get('ok') else 'FAILED'}"
-        if sync.get("finished_at"):
-            iline += f" {_hm(sync['finished_at'])}"
+        iline += f" · last sync {sync.get('status', '?')} {sync.get('time', '')}".rstrip()
     if idx.get("error"):
         iline += f" · {idx['error']}"
     row("index", iline)

@@ -1,0 +1,317 @@
+"""`edged run` as a real subprocess under a fake systemd: a bound NOTIFY_SOCKET, the Live
+simulator, virtual ALSA devices, a real knowledge index, and `edgectl` against its socket.
+
+One daemon process per test carries several checks, because starting one costs seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edged.audio.virtual import VirtualAlsa
+from edged.sim import LiveSimulator, Reply, Rule, Scenario
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "AIzaSy-test-SECRET-0123456789abcdef"
+WATCHDOG_USEC = 300_000     # the daemon pings every 0.15 s
+DOC = """# Guía del dispositivo
+
+El dispositivo edged escucha con un micrófono y responde por el altavoz.
+Para silenciarlo use `edgectl mute`.
+"""
+
+
+@dataclass
+class Notifications:
+    """Every datagram the daemon sent to NOTIFY_SOCKET, with its arrival time."""
+
+    sock: socket.socket
+    items: list[tuple[float, str]] = field(default_factory=list)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return
+            self.items.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[str]:
+        return [line for _, msg in self.items for line in msg.splitlines()]
+
+    async def wait_for(self, pred: Callable[[str], bool], after: int = 0,
+                       within_s: float = 30.0) -> int:
+        """Index (into items) of the first message after ``after`` matching ``pred``."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            self.drain()
+            for i in range(after, len(self.items)):
+                if pred(self.items[i][1]):
+                    return i
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no matching notification within {within_s}s; got "
+                             f"{[m for _, m in self.items[after:]][-10:]}")
+
+
+@dataclass
+class Daemon:
+    proc: asyncio.subprocess.Process
+    notify: Notifications
+    socket_path: Path
+    config: Path
+    state_dir: Path
+    stderr_file: Path
+
+    async def edgectl(self, *args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edged.edgectl", "--socket", str(self.socket_path), *args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def status(self) -> dict[str, Any]:
+        rc, out, err = await self.edgectl("status", "--json")
+        assert rc in (0, 1), err
+        return json.loads(out)
+
+    async def wait_status(self, pred: Callable[[dict[str, Any]], bool],
+                          within_s: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + within_s
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = await self.status()
+            if pred(st):
+                return st
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"status never matched: {json.dumps(st)[:2000]}")
+
+
+def write_config(path: Path, tmp: Path, sim: LiveSimulator, **overrides: str) -> None:
+    sections = {
+        "gemini": {"base_url": json.dumps(sim.base_url), "ca_file": json.dumps(str(sim.ca_file)),
+                   "api_key": json.dumps(API_KEY)},
+        "audio": {"capture_device": '"mic"', "playback_device": '"spk"'},
+        "control": {"socket_path": json.dumps(str(tmp / "run" / "control.sock")),
+                    "group": '"root"'},
+        "paths": {"state_dir": json.dumps(str(tmp / "state"))},
+        "knowledge": {"index_dir": json.dumps(str(tmp / "index"))},
+        "sync": {"state_dir": json.dumps(str(tmp / "sync"))},
+        "metrics": {"textfile": json.dumps(str(tmp / "prom" / "edged.prom"))},
+    }
+    for dotted, value in overrides.items():
+        sec, key = dotted.split("__")
+        sections.setdefault(sec, {})[key] = value
+    text = "".join(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n"
+                   for sec, kv in sections.items())
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def index_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny) knowledge index, built once by the real edged-index-sync."""
+    base = tmp_path_factory.mktemp("kb")
+    (base / "docs").mkdir()
+    (base / "docs" / "guia.md").write_text(DOC, encoding="utf-8")
+    subprocess.run([str(REPO / ".venv" / "bin" / "edged-index-sync"), "--source",
+                    str(base / "docs"), "--index-dir", str(base / "index"), "--state-dir",
+                    str(base / "sync")], check=True, capture_output=True, timeout=120,
+                   env={**os.environ, "GEMINI_API_KEY": ""})
+    return base
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[LiveSimulator]:
+    scenario = Scenario(language="es", speed=20.0, rules=[
+        Rule(match="hola", actions=[Reply(text="Hola, soy edged y te escucho.")])])
+    async with LiveSimulator(scenario) as s:
+        yield s
+
+
+async def start_daemon(tmp: Path, sim: LiveSimulator, index_dirs: Path,
+                       devices: bool = True, **overrides: str) -> tuple[Daemon, VirtualAlsa]:
+    for d in ("index", "sync"):
+        if not (tmp / d).exists():
+            (tmp / d).symlink_to(index_dirs / d)
+    alsa = VirtualAlsa(tmp / "alsa")
+    if devices:
+        alsa.add_paced_capture("mic")
+        alsa.add_playback("spk", tmp / "speaker.raw")
+    cfg = tmp / "edged.toml"
+    write_config(cfg, tmp, sim, **overrides)
+    nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    nsock.bind(str(tmp / "notify.sock"))
+    nsock.setblocking(False)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JOURNAL_STREAM", "INVOCATION_ID", "GEMINI_API_KEY", "WATCHDOG_PID")}
+    env.update(alsa.env(), NOTIFY_SOCKET=str(tmp / "notify.sock"),
+               WATCHDOG_USEC=str(WATCHDOG_USEC), EDGED_DEBUG_HOOKS="1", PYTHONUNBUFFERED="1")
+    stderr_file = tmp / "daemon.stderr"
+    with stderr_file.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edged", "run", "--config", str(cfg),
+            "--override", str(tmp / "no-override.toml"), stdin=subprocess.DEVNULL,
+            stdout=err, stderr=err, env=env, cwd=str(tmp))
+    return (Daemon(proc, Notifications(nsock), tmp / "run" / "control.sock", cfg,
+                   tmp / "state", stderr_file), alsa)
+
+
+async def stop(d: Daemon, alsa: VirtualAlsa) -> int:
+    try:
+        if d.proc.returncode is None:
+            d.proc.send_signal(signal.SIGTERM)
+            return await asyncio.wait_for(d.proc.wait(), 20)
+        return d.proc.returncode
+    finally:
+        if d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()
+        alsa.close()
+        if d.notify.sock.fileno() >= 0:
+            d.notify.drain()
+            d.notify.sock.close()
+
+
+async def control_call(path: Path, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(json.dumps({"v": 1, "id": 1, "method": method, "params": params}).encode()
+                 + b"\n")
+    line = await asyncio.wait_for(reader.readline(), 30)
+    writer.close()
+    return json.loads(line)
+
+
+def _is(prefix: str) -> Callable[[str], bool]:
+    return lambda msg: prefix in msg.splitlines()
+
+
+async def test_lifecycle_notify_watchdog_reload_status_and_stop(
+        tmp_path: Path, sim: LiveSimulator, index_dirs: Path) -> None:
+    d, alsa = await start_daemon(tmp_path, sim, index_dirs)
+    try:
+        n = d.notify
+        ready = await n.wait_for(_is("READY=1"))
+        ready_msg = n.items[ready][1]
+        assert any(line.startswith("STATUS=") and "cfg=" in line and "index=gen1" in line
+                   for line in ready_msg.splitlines()), ready_msg
+        assert d.socket_path.exists(), "READY=1 before the control socket listens"
+        await n.wait_for(_is("WATCHDOG=1"), after=ready)
+
+        st = await d.wait_status(lambda s: s["health"] == "healthy")
+        assert st["schema_version"] == 1
+        assert st["session"]["state"] == "ready"
+        assert st["audio"]["capture"]["state"] == "running"
+        assert st["index"]["generation"] == 1 and st["index"]["documents"] == 1
+        assert st["control"]["group_problem"] is None
+
+        rc, out, _ = await d.edgectl("status")
+        assert rc == 0
+        lines = out.splitlines()
+        assert lines[0] == "edged: healthy"
+        assert "\033[" not in out                     # not a TTY: no colour
+        for label in ("session", "audio in", "audio out", "VAD", "camera", "index", "config"):
+            assert any(line.strip().startswith(label) for line in lines), (label, out)
+
+        # ask: the answer streams back (partials, then a final line with the whole turn).
+        rc, out, err = await d.edgectl("--json", "ask", "hola, ¿me oyes?")
+        assert rc == 0, err
+        items = [json.loads(line) for line in out.splitlines()]
+        assert len(items) >= 2 and all("text" in i for i in items[:-1])
+        final = items[-1]
+        assert final["model"] == "".join(i["text"] for i in items[:-1])
+        assert "edged" in final["model"] and final["user"] == "hola, ¿me oyes?"
+        assert final["latency_s"] > 0
+        sent = [m for _, m in sim.messages("clientContent")]
+        assert any("hola, ¿me oyes?" in json.dumps(m, ensure_ascii=False) for m in sent)
+
+        rc, out, _ = await d.edgectl("feedback", "good", "clara", "y", "rápida")
+        assert rc == 0
+        entry = json.loads((d.state_dir / "feedback.jsonl").read_text().splitlines()[-1])
+        assert entry["rating"] == "good" and entry["note"] == "clara y rápida"
+        assert entry["turn"]["user"] == "hola, ¿me oyes?"
+        st = await d.status()
+        assert st["feedback"] == {"good": 1, "bad": 0}
+        assert st["turns"][-1]["kind"] == "text"
+
+        rc, metrics, _ = await d.edgectl("metrics")
+        assert rc == 0
+        assert 'edged_turn_latency_seconds_count{kind="text"} 1.0' in metrics
+        assert 'edged_live_bytes_total{direction="down"}' in metrics
+        assert "edged_index_generation 1.0" in metrics
+        assert 'edged_feedback_total{rating="good"} 1.0' in metrics
+
+        # A stalled event loop stops the watchdog pings (the ping is not from a thread).
+        mark = len(n.items)
+        stall = asyncio.ensure_future(control_call(d.socket_path, "debug.stall",
+                                                   {"seconds": 1.5}))
+        i = await n.wait_for(lambda m: "STATUS=debug: stalling" in m, after=mark)
+        assert (await stall)["ok"] is True
+        after = await n.wait_for(_is("WATCHDOG=1"), after=i + 1)
+        n.drain()
+        stall_gap = n.items[after][0] - n.items[i][0]
+        assert not any("WATCHDOG=1" in m for _, m in n.items[i + 1:after])
+        assert stall_gap >= 1.4, f"watchdog resumed {stall_gap:.2f}s into a 1.5 s stall"
+        pings = [t for t, m in n.items[after:] if "WATCHDOG=1" in m]
+        assert len(pings) >= 1
+
+        # SIGHUP with an invalid config: RELOADING, then READY, old config kept, reason shown.
+        good_cfg = d.config.read_text()
+        version = st["config"]["version"]
+        d.config.write_text(good_cfg + "\n[vad]\naggressiveness = 9\n")
+        mark = len(n.items)
+        d.proc.send_signal(signal.SIGHUP)
+        rl = await n.wait_for(_is("RELOADING=1"), after=mark)
+        rd = await n.wait_for(_is("READY=1"), after=rl)
+        assert "reload rejected" in n.items[rd][1] and "vad.aggressiveness" in n.items[rd][1]
+        rc, out, _ = await d.edgectl("status", "--json")
+        st = json.loads(out)
+        assert rc == 1 and st["health"] == "degraded"
+        assert st["config"]["version"] == version
+        assert st["config"]["last_reload"]["ok"] is False
+        assert "vad.aggressiveness = 9" in st["config"]["last_reload"]["error"]
+        rc, out, _ = await d.edgectl("status")
+        assert rc == 1 and out.startswith("edged: degraded (")
+        assert "REJECTED" in out
+
+        # A valid change reloads live: the new version is applied, health comes back.
+        d.config.write_text(good_cfg + "\n[vad]\naggressiveness = 3\n")
+        rc, out, err = await d.edgectl("--json", "reload")
+        assert rc == 0, err
+        res = json.loads(out)
+        assert res["ok"] is True and res["previous"] == version and res["version"] != version
+        st = await d.status()
+        assert st["health"] == "healthy" and st["audio"]["vad"]["aggressiveness"] == 3
+
+        mark = len(n.items)
+        rc = await stop(d, alsa)
+        assert rc == 0
+        assert any("STOPPING=1" in m.splitlines() for _, m in n.items[mark:])
+        rc, _, err = await d.edgectl("status")
+        assert rc == 3 and "not running" in err
+
+        order = [line for line in n.lines() if line.split("=")[0] in
+                 ("READY", "WATCHDOG", "RELOADING", "STOPPING")]
+        first = {k: next(i for i, line in enumerate(order) if line.startswith(k))
+                 for k in ("READY", "WATCHDOG", "RELOADING", "STOPPING")}
+        assert first["READY"] < first["WATCHDOG"] < first["RELOADING"] < first["STOPPING"]
+        assert order[-1] == "STOPPING=1"
+        prom = (tmp_path / "prom" / "edged.prom").read_text()   # final write at stop
+        assert 'edged_turns_total{kind="text"} 1.0' in prom
+        logs = d.stderr_file.read_text()
+        assert "reload rejected" in logs and "configuration reloaded" in logs
+        assert API_KEY not in logs
+    finally:
+        await stop(d, alsa)
