@@ -1,0 +1,410 @@
+"""Knowledge index: chunking, FTS query safety, hybrid search, the search_knowledge tool, the
+gemini embedder's wire request, the real local model on the sample KB, and index_status."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edged.config import Settings, load_settings
+from edged.knowledge import SAMPLE_KB, SAMPLE_QUERIES
+from edged.knowledge import chunking as ch
+from edged.knowledge.embedders import (
+    Embedder,
+    EmbedderError,
+    GeminiEmbedder,
+    LocalEmbedder,
+    resolve_model_dir,
+)
+from edged.knowledge.search import Searcher, cite, fts_query
+from edged.knowledge.status import index_status
+from edged.knowledge.store import FTS_TOKENIZER
+from edged.knowledge.sync import run_sync, sync_and_record
+from edged.knowledge.tool import make_search_tool
+from edged.sim.wire import ensure_certs, server_ssl_context
+from edged.tools import ToolRegistry
+
+DEMO_QUESTION = "¿Qué es la gobernanza en el contexto de MLOps?"
+
+
+class HashEmbedder:
+    """Tiny deterministic bag-of-words embedder (feature hashing) for tests where the model is
+    irrelevant; counts what it embeds so tests can prove unchanged documents cost nothing."""
+
+    def __init__(self, dims: int = 32, name: str = "hash-test") -> None:
+        self.dims = dims
+        self.name = f"{name}:{dims}"
+        self.calls = 0
+        self.texts: list[str] = []
+
+    async def embed(self, texts: Sequence[str], task: str) -> np.ndarray:
+        self.calls += 1
+        self.texts.extend(texts)
+        out = np.zeros((len(texts), self.dims), np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big")
+                out[i, h % self.dims] += 1.0 if h & 1 << 31 else -1.0
+            out[i, 0] += 0.01   # never the zero vector
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def make_settings(tmp: Path, **knowledge: Any) -> Settings:
+    """Settings isolated from /etc/edged and the OTA override of the machine running tests."""
+    admin = tmp / "edged.toml"
+    admin.touch()
+    return load_settings(config_path=admin, override_path=tmp / "no-override.toml", env={}, extra={
+        "knowledge": {"index_dir": str(tmp / "index"), **knowledge},
+        "sync": {"state_dir": str(tmp / "state")}})
+
+
+def write_docs(root: Path, docs: dict[str, str | bytes]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, body in docs.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(body, bytes):
+            p.write_bytes(body)
+        else:
+            p.write_text(body, encoding="utf-8")
+
+
+# --- chunking -------------------------------------------------------------------------------
+
+MD = """# Guía
+
+Intro text before any section.
+
+## Instalación
+
+Paso uno: instala el paquete.
+
+### Detalles
+
+```
+# not a heading inside a fence
+```
+
+Más detalles aquí.
+"""
+
+
+def test_markdown_chunks_keep_heading_paths_and_stable_ids() -> None:
+    doc = ch.parse("docs/guia.md", MD.encode())
+    assert doc.title == "Guía"
+    headings = [c.heading for c in doc.chunks]
+    assert headings == ["", "Instalación", "Instalación > Detalles"]
+    assert "# not a heading inside a fence" in doc.chunks[2].text
+    again = ch.parse("docs/guia.md", MD.encode())
+    assert [c.key for c in again.chunks] == [c.key for c in doc.chunks]
+    other = ch.parse("docs/otra.md", MD.encode())
+    assert not {c.key for c in other.chunks} & {c.key for c in doc.chunks}
+
+
+def test_html_uses_title_headings_and_skips_scripts_and_nav() -> None:
+    doc = ch.parse("evaluacion.html", (SAMPLE_KB / "evaluacion-modelos.html").read_bytes())
+    assert doc.title == "Evaluación de modelos de clasificación"
+    text = " ".join(c.text for c in doc.chunks)
+    assert "no se indexa" not in text and "Inicio | Guías" not in text
+    assert "Curva ROC y AUC" in [c.heading for c in doc.chunks]
+    assert "exhaustividad" in text
+
+
+def test_plain_text_and_long_paragraphs_are_split_within_limit() -> None:
+    long = " ".join(f"Sentence number {i} is here." for i in range(200))
+    doc = ch.parse("notes.txt", f"First.\n\n{long}\n".encode())
+    assert doc.title == "notes"
+    assert len(doc.chunks) > 3
+    assert all(len(c.text) <= ch.MAX_CHARS for c in doc.chunks)
+    assert " ".join(c.text for c in doc.chunks).count("Sentence number") == 200
+
+
+@pytest.mark.parametrize(("name", "data", "reason"), [
+    ("junk.md", b"\x00\x01\x02binary\x00", "binary"),
+    ("latin1.md", "información".encode("latin-1"), "not valid UTF-8"),
+    ("slides.pdf", b"%PDF-1.4", "unsupported type"),
+    ("empty.md", b"   \n\n", "no text"),
+])
+def test_bad_documents_are_refused_with_reason(name: str, data: bytes, reason: str) -> None:
+    with pytest.raises(ch.DocumentError, match=reason) as e:
+        ch.parse(name, data)
+    assert name in str(e.value)
+
+
+# --- FTS query safety and tokenizer ---------------------------------------------------------
+
+@pytest.fixture
+def fts_db() -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(text, tokenize=\"{FTS_TOKENIZER}\")")
+    conn.executemany("INSERT INTO t(text) VALUES (?)", [
+        ("La gobernanza de la información y las auditorías",),
+        ("Model registry with approvals",),
+        ("Los modelos en producción",)])
+    yield conn
+    conn.close()
+
+
+@pytest.mark.parametrize("query", [
+    'what "is" this', 'a AND OR NOT b', "NEAR(x y, 3)", "col:term", "*", "^start", "-x +y",
+    "(((", '"unterminated', "", "   ", "¿¡?!", "text: 'quoted' \"double\"", "a" * 5000,
+    "DROP TABLE t; --", "emoji 🤖 query", "tab\tnew\nline",
+])
+def test_any_user_query_is_safe_fts_syntax(fts_db: sqlite3.Connection, query: str) -> None:
+    match = fts_query(query)
+    if match is not None:
+        fts_db.execute("SELECT rowid FROM t WHERE t MATCH ?", (match,)).fetchall()
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("informacion", 1), ("GOBERNANZA", 1), ("auditoria", 1), ("modelo", 3),
+    ("approval", 2), ("producción", 3),
+])
+def test_accents_case_and_plurals_match(fts_db: sqlite3.Connection, query: str,
+                                        expected: int) -> None:
+    match = fts_query(query)
+    assert match is not None
+    rows = fts_db.execute("SELECT rowid FROM t WHERE t MATCH ?", (match,)).fetchall()
+    assert expected in {r[0] for r in rows}
+
+
+# --- search, budget, tool -------------------------------------------------------------------
+
+KB = {
+    "gobernanza.md": "# Gobernanza\n\nRegistro de modelos, linaje y aprobaciones.\n\n"
+                     "## Auditorías\n\nLas auditorías comprueban los controles.\n",
+    "drift.md": "# Data drift\n\nMonitoring detects data drift and concept drift.\n",
+    "device.txt": "The device mutes the microphone with edgectl mute.\n",
+}
+
+
+def build_index(tmp: Path, docs: dict[str, str | bytes] | None = None,
+                embedder: Embedder | None = None) -> tuple[Settings, Embedder]:
+    settings = make_settings(tmp)
+    write_docs(tmp / "src", KB if docs is None else docs)
+    emb = embedder or HashEmbedder()
+    run_sync(settings, source=str(tmp / "src"), embedder=emb)
+    return settings, emb
+
+
+def test_hybrid_search_finds_by_keyword_and_cites(tmp_path: Path) -> None:
+    settings, emb = build_index(tmp_path)
+    searcher = Searcher(settings.knowledge.index_dir, embedder_name=emb.name)
+    vec = asyncio.run(emb.embed(["auditorias"], "query"))[0]
+    hits = searcher.search("auditorias", vec, 3)
+    assert hits[0].source == "gobernanza.md"
+    assert hits[0].heading == "Auditorías" and hits[0].title == "Gobernanza"
+    assert searcher.generation == 1
+
+
+def test_cite_fits_the_character_budget() -> None:
+    from edged.knowledge.search import Hit
+
+    hits = [Hit(i, f"s{i}.md", "T", "H", "palabra " * 200, 1.0 / (i + 1)) for i in range(6)]
+    out = cite(hits, 500)
+    assert sum(len(str(r["text"])) for r in out) <= 500
+    assert all(set(r) == {"title", "source", "heading", "text", "score"} for r in out)
+    assert str(out[0]["text"]).endswith("…")
+
+
+async def call(registry: ToolRegistry, args: dict[str, Any] | None) -> dict[str, Any]:
+    return (await registry.call("search_knowledge", args)).response
+
+
+@pytest.fixture
+def registry_and_index(tmp_path: Path) -> tuple[ToolRegistry, Settings]:
+    settings, emb = build_index(tmp_path)
+    reg = ToolRegistry(timeout_s=5)
+    reg.register(make_search_tool(settings, embedder=emb))
+    return reg, settings
+
+
+async def test_tool_returns_small_cited_results(registry_and_index: Any) -> None:
+    reg, settings = registry_and_index
+    resp = await call(reg, {"query": "data drift monitoring", "top_k": 2})
+    assert "error" not in resp
+    assert len(resp["results"]) <= 2
+    assert resp["results"][0]["source"] == "drift.md"
+    assert set(resp["results"][0]) == {"title", "source", "heading", "text", "score"}
+    assert len(json.dumps(resp)) < settings.knowledge.char_budget + 600
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (None, "query"), ({}, "query"), ({"query": ""}, "query"), ({"query": 5}, "query"),
+    ({"query": "x", "top_k": 0}, "top_k"), ({"query": "x", "top_k": 11}, "top_k"),
+    ({"query": "x", "top_k": "3"}, "top_k"), ({"query": "x", "top_k": 2.5}, "top_k"),
+    ({"query": "x", "extra": 1}, "extra"), ({"query": "¿?¡! ..."}, "no words"),
+    ({"query": "q" * 501}, "query"),
+])
+async def test_tool_rejects_bad_arguments(registry_and_index: Any, args: Any,
+                                          needle: str) -> None:
+    reg, _ = registry_and_index
+    resp = await call(reg, args)
+    assert set(resp) == {"error"}
+    assert needle in resp["error"]
+
+
+async def test_tool_says_nothing_found_in_words(registry_and_index: Any) -> None:
+    reg, _ = registry_and_index
+    resp = await call(reg, {"query": "paella valenciana receta"})
+    assert resp["results"] == []
+    assert "Do not search again" in resp["message"]
+
+
+async def test_tool_without_index_answers_with_the_fix(tmp_path: Path) -> None:
+    reg = ToolRegistry(timeout_s=5)
+    reg.register(make_search_tool(make_settings(tmp_path), embedder=HashEmbedder()))
+    resp = await call(reg, {"query": "drift"})
+    assert "edged-index-sync" in resp["error"]
+
+
+async def test_tool_with_missing_model_answers_with_the_fix(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, local_model=str(tmp_path / "no-model"))
+    reg = ToolRegistry(timeout_s=5)
+    reg.register(make_search_tool(settings))
+    resp = await call(reg, {"query": "drift"})
+    assert "make embedder" in resp["error"] and "no-model" in resp["error"]
+
+
+async def test_slow_index_becomes_a_timeout_error_not_a_hang(
+        registry_and_index: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg, _ = registry_and_index
+    release = threading.Event()
+    original = Searcher.search
+
+    def stuck(self: Searcher, *a: Any, **kw: Any) -> Any:
+        release.wait(10)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(Searcher, "search", stuck)
+    reg.timeout_s = 0.3
+    try:
+        resp = await asyncio.wait_for(call(reg, {"query": "drift"}), 5)
+    finally:
+        release.set()
+    assert "did not answer" in resp["error"]
+
+
+async def test_broken_index_file_is_an_error_response(registry_and_index: Any) -> None:
+    reg, settings = registry_and_index
+    db = settings.knowledge.index_dir / "index-000001.db"
+    db.write_bytes(b"this is not a database" * 100)
+    resp = await call(reg, {"query": "drift"})
+    assert set(resp) == {"error"}
+
+
+# --- embedders ------------------------------------------------------------------------------
+
+def test_missing_local_model_error_names_path_and_fix(tmp_path: Path) -> None:
+    with pytest.raises(EmbedderError) as e:
+        resolve_model_dir(None, env={"EDGED_MODELS_DIR": str(tmp_path)})
+    assert str(tmp_path / "edged-minilm-m2v") in str(e.value)
+    assert "make embedder" in str(e.value)
+
+
+class _EmbedHandler(http.server.BaseHTTPRequestHandler):
+    requests: list[dict[str, Any]] = []   # noqa: RUF012 - per-test server, reset by fixture
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append({"path": self.path, "body": body,
+                              "key": self.headers.get("x-goog-api-key")})
+        n = len(body.get("requests", [])) or 1
+        dims = (body.get("requests") or [body])[0].get("outputDimensionality", 8)
+        vals = [[float(i + 1)] * dims for i in range(n)]
+        out = json.dumps({"embeddings": [{"values": v} for v in vals]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_gemini_embedder_sends_task_type_and_dimensionality(tmp_path: Path) -> None:
+    ca, cert, key = ensure_certs(tmp_path / "certs")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EmbedHandler)
+    server.socket = server_ssl_context(cert, key).wrap_socket(server.socket, server_side=True)
+    _EmbedHandler.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        emb = GeminiEmbedder("gemini-embedding-001", 64, "test-key-not-real",
+                             base_url=f"https://127.0.0.1:{server.server_port}", ca_file=ca)
+        docs = await emb.embed(["uno", "dos", "tres"], "document")
+        query = await emb.embed(["¿qué es la gobernanza?"], "query")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert docs.shape == (3, 64) and query.shape == (1, 64)
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0)
+    first, second = _EmbedHandler.requests
+    assert first["path"].endswith("/models/gemini-embedding-001:batchEmbedContents")
+    assert first["key"] == "test-key-not-real"
+    reqs = first["body"]["requests"]
+    assert [r["content"]["parts"][0]["text"] for r in reqs] == ["uno", "dos", "tres"]
+    assert {r["taskType"] for r in reqs} == {"RETRIEVAL_DOCUMENT"}
+    assert {r["outputDimensionality"] for r in reqs} == {64}
+    assert second["body"]["requests"][0]["taskType"] == "RETRIEVAL_QUERY"
+    assert emb.name == "gemini:gemini-embedding-001:64"
+
+
+# --- the real local model on the sample knowledge base --------------------------------------
+
+@pytest.fixture(scope="module")
+def sample_index(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    tmp = tmp_path_factory.mktemp("sample")
+    settings = make_settings(tmp)
+    result = run_sync(settings, source=str(SAMPLE_KB))
+    assert result.documents == len(list(SAMPLE_KB.iterdir()))
+    return settings
+
+
+async def test_demo_question_finds_governance_doc_first_with_real_model(
+        sample_index: Settings) -> None:
+    assert isinstance(LocalEmbedder(resolve_model_dir(None)), Embedder)
+    reg = ToolRegistry(timeout_s=10)
+    reg.register(make_search_tool(sample_index))
+    resp = await call(reg, {"query": DEMO_QUESTION})
+    assert resp["results"][0]["source"] == "gobernanza-mlops.md"
+    assert resp["results"][0]["title"] == "Gobernanza en MLOps"
+    en = await call(reg, {"query": "how do I roll back a bad model?"})
+    assert {"model-registry.md", "incident-response.md"} & {r["source"] for r in en["results"]}
+
+
+def test_labelled_queries_cover_both_languages() -> None:
+    queries = json.loads(SAMPLE_QUERIES.read_text())["queries"]
+    docs = {p.name for p in SAMPLE_KB.iterdir()}
+    assert len(queries) >= 40
+    assert {q["lang"] for q in queries} == {"es", "en"}
+    assert all(set(q["relevant"]) <= docs for q in queries)
+
+
+# --- status ---------------------------------------------------------------------------------
+
+def test_index_status_reports_missing_then_live_index(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    before = index_status(settings)
+    assert before["available"] is False and "edged-index-sync" in before["error"]
+    write_docs(tmp_path / "src", KB)
+    result = sync_and_record(settings, source=str(tmp_path / "src"), embedder=HashEmbedder())
+    assert result.exit_code == 0
+    st = index_status(settings)
+    assert st["available"] is True
+    assert (st["generation"], st["documents"], st["chunks"]) == (1, 3, result.chunks)
+    assert st["db_bytes"] > 0 and st["embedder"] == "hash-test:32"
+    assert st["last_sync"]["added"] == 3 and st["last_sync"]["generation"] == 1
+    json.dumps(st)
