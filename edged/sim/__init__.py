@@ -65,7 +65,8 @@ from edged.sim.scenario import (
     Stall,
     ToolCall,
 )
-from edged.sim.server import ConnectionRecord, LiveSimulator, SessionState, TurnContext
+from edged.sim.server import LiveSimulator
+from edged.sim.state import ConnectionRecord, SessionState, TurnContext
 
 __all__ = [
     "Action", "Assistant", "CancelToolCalls", "Close", "ConnectionRecord", "Drop", "GoAway",
