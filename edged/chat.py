@@ -32,7 +32,7 @@ from edged.events import (
     Transcription,
     TurnComplete,
 )
-from edged.live import LiveSession, LiveUnavailable
+from edged.live import LiveConfigError, LiveSession, LiveUnavailable
 from edged.speech import write_wav
 from edged.tools import ToolRegistry
 
@@ -107,7 +107,13 @@ async def run_chat(settings: Settings, lines: asyncio.Queue[str | None], out: Te
             while not events.empty():      # late events of the previous turn
                 events.get_nowait()
             turn += 1
-            await live.send_text(text)
+            try:
+                await live.send_text(text)
+            except LiveConfigError:
+                raise
+            except LiveUnavailable as e:     # a long outage: say so, keep the chat open
+                out.write(f"[not sent: {e}]\n")
+                continue
             out.write("Model> ")
             try:
                 pcm = await _reply(events, out, audio)

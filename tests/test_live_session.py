@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,7 @@ from edged.events import (
 from edged.live import LiveConfigError, LiveSession
 from edged.sim import (
     CancelToolCalls,
+    Close,
     Drop,
     GoAway,
     LiveSimulator,
@@ -168,7 +170,7 @@ async def test_refused_handle_starts_a_fresh_session_seeded_with_text_history() 
         q = live.subscribe()
         await live.wait_ready(LIVENESS_S)
         await ask(live, q, "Me llamo Ana")
-        sim._handles.clear()     # the server forgot every handle (e.g. older than 2 h)
+        sim.expire_handles()     # the server forgot every handle (as after 2 h)
         live.update_settings(settings_for(sim, gemini={"voice": "Puck"}))  # force reconnect
         await sim.wait_for(lambda s: len(s.connections) == 3, LIVENESS_S)
         reply = await ask(live, q, "¿Cómo me llamo?")
@@ -178,6 +180,22 @@ async def test_refused_handle_starts_a_fresh_session_seeded_with_text_history() 
     assert seed["turnComplete"] is False
     assert [t["role"] for t in seed["turns"]] == ["user", "model"]
     assert "Te llamas Ana" in reply
+
+
+async def test_clean_1000_close_reconnects_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    scenario = Scenario(rules=[Rule(on="turn", connection=0, turn=2,
+                                    actions=[Close(1000, "session over")])])
+    async with LiveSimulator(scenario) as sim, running(settings_for(sim)) as live:
+        q = live.subscribe()
+        await live.wait_ready(LIVENESS_S)
+        await ask(live, q, "Me llamo Ana")
+        reply = await ask(live, q, "¿Cómo me llamo?")
+        status = live.status()
+    assert "Te llamas Ana" in reply                 # resumed and answered
+    assert status["reconnects_by_code"] == {"1000": 1} and status["state"] == "ready"
+    assert status["last_close_reason"] == "session over"
+    assert not [r for r in caplog.records
+                if r.name.startswith("edged.live") and r.levelno >= logging.WARNING]
 
 
 # --- goAway --------------------------------------------------------------------------------
@@ -199,6 +217,23 @@ async def test_goaway_reconnects_before_the_deadline_resuming() -> None:
     assert first.closed_by == "client" and first.close_code == 1000   # we left, not the server
     assert second.resumed_handle is not None
     assert status["reconnects_by_code"] == {"goaway": 1}
+
+
+async def test_goaway_during_a_reply_lets_the_turn_finish_then_reconnects() -> None:
+    time_left = 5.0
+    scenario = Scenario(rules=[Rule(on="turn", connection=0, turn=1, actions=[
+        GoAway(time_left=time_left), Reply("una respuesta en varias partes", parts=6)])])
+    async with LiveSimulator(scenario) as sim, running(
+            settings_for(sim, session={"goaway_margin_s": 1.0})) as live:
+        q = live.subscribe()
+        await live.wait_ready(LIVENESS_S)
+        reply = await ask(live, q, "hola")
+        turn_done = time.time()
+        await sim.wait_for(lambda s: len(s.connections) == 2, LIVENESS_S)
+    first, second = sim.connections[0], sim.connections[1]
+    assert reply == "una respuesta en varias partes"        # not cut by the goAway
+    assert turn_done <= second.opened_at < first.opened_at + time_left
+    assert first.closed_by == "client" and second.resumed_handle is not None
 
 
 # --- tools ---------------------------------------------------------------------------------
