@@ -223,3 +223,15 @@ async def test_ready_rule_per_connection() -> None:
             await session.send_client_content(turns=types.Content(
                 role="user", parts=[types.Part(text="hola")]))
             assert await read_until(session, turn_done)
+
+
+async def test_ssl_cert_file_env_is_enough_to_trust_the_simulator(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with LiveSimulator(Scenario(speed=50)) as sim:
+        monkeypatch.setenv("SSL_CERT_FILE", str(sim.ca_file))
+        client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=sim.base_url))
+        config = types.LiveConnectConfig(response_modalities=["TEXT"])
+        async with client.aio.live.connect(model=MODEL, config=config) as session:
+            await session.send_realtime_input(text="hola")
+            text = "".join(m.text for m in await read_until(session, turn_done) if m.text)
+    assert text.startswith("Has dicho: «hola»")
