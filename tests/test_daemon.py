@@ -315,3 +315,40 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
         assert API_KEY not in logs
     finally:
         await stop(d, alsa)
+
+
+async def test_degraded_without_devices_events_and_mute(
+        tmp_path: Path, sim: LiveSimulator, index_dirs: Path) -> None:
+    """No sound card and no camera: the daemon still becomes READY, says why it is degraded,
+    and keeps serving the control socket (events stream, mute)."""
+    d, alsa = await start_daemon(tmp_path, sim, index_dirs, devices=False,
+                                 camera__enabled="true")
+    try:
+        await d.notify.wait_for(_is("READY=1"))
+        st = await d.wait_status(
+            lambda s: s["audio"]["capture"]["state"] == "retrying"
+            and s["session"]["state"] == "ready")
+        assert st["health"] == "degraded"
+        assert any(p.startswith("capture: ") for p in st["problems"])
+        assert any(p.startswith("camera: picamera2 is not installed") for p in st["problems"])
+        rc, out, _ = await d.edgectl("status")
+        assert rc == 1
+        assert out.splitlines()[0].startswith("edged: degraded (")
+        assert "capture: " in out.splitlines()[0]
+
+        reader, writer = await asyncio.open_unix_connection(str(d.socket_path))
+        writer.write(b'{"v":1,"id":"ev","method":"events"}\n')
+        hello = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        assert hello["partial"] is True and hello["result"]["type"] == "hello"
+        rc, out, _ = await d.edgectl("mute")
+        assert rc == 0 and out.strip() == "microphone muted"
+        while True:
+            ev = json.loads(await asyncio.wait_for(reader.readline(), 10))["result"]
+            if ev["type"] == "mute":
+                break
+        assert ev["muted"] is True
+        writer.close()
+        assert (await d.status())["muted"] is True
+        assert await stop(d, alsa) == 0
+    finally:
+        await stop(d, alsa)

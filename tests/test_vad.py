@@ -1,0 +1,189 @@
+"""The speech gate on real espeak-ng speech, silence, noise and echo (no ALSA needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edged.audio import material as m
+from edged.audio.vad import VadGate, dbfs
+from edged.config import EchoSettings, VadSettings
+from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
+
+PERIOD = 640   # 20 ms capture periods
+
+
+@pytest.fixture(scope="module")
+def question() -> bytes:
+    return m.say("What is governance in the context of machine learning operations?")
+
+
+@pytest.fixture(scope="module")
+def pregunta() -> bytes:
+    return m.say("¿Qué es la gobernanza en el contexto de MLOps?", "es")
+
+
+def run(pcm: bytes, vad: VadSettings | None = None, echo: EchoSettings | None = None,
+        playing: bool = False) -> tuple[list[SpeechEvent], VadGate]:
+    gate = VadGate(vad or VadSettings(), echo or EchoSettings())
+    events: list[SpeechEvent] = []
+    for i in range(0, len(pcm) - PERIOD + 1, PERIOD):
+        events += gate.feed(AudioFrame(pcm[i:i + PERIOD], t=(i + PERIOD) / 32000),
+                            playing=playing)
+    return events, gate
+
+
+def turns(events: list[SpeechEvent]) -> list[tuple[SpeechStarted, bytes, SpeechEnded | None]]:
+    """Group the event stream into (start, uplinked audio, end) and check the bracketing."""
+    out: list[tuple[SpeechStarted, bytes, SpeechEnded | None]] = []
+    start: SpeechStarted | None = None
+    audio = b""
+    for ev in events:
+        if isinstance(ev, SpeechStarted):
+            assert start is None, "SpeechStarted inside an open turn"
+            start, audio = ev, b""
+        elif isinstance(ev, SpeechAudio):
+            assert start is not None, "audio outside a turn"
+            audio += ev.pcm
+        else:
+            assert start is not None, "SpeechEnded without SpeechStarted"
+            out.append((start, audio, ev))
+            start = None
+    if start is not None:
+        out.append((start, audio, None))
+    return out
+
+
+def test_silence_and_quiet_noise_send_nothing() -> None:
+    for pcm in (m.silence(5000), m.noise(5000, -60, seed=1), m.noise(5000, -50, seed=2)):
+        events, gate = run(pcm)
+        assert events == []
+        assert gate.stats.uplinked == 0
+
+
+@pytest.mark.parametrize("voice", ["question", "pregunta"])
+def test_one_turn_with_preroll_and_no_clipped_onset(voice: str,
+                                                    request: pytest.FixtureRequest) -> None:
+    speech = request.getfixturevalue(voice)
+    lead = 1000
+    pcm = m.silence(lead) + speech + m.silence(1500)
+    events, _ = run(pcm)
+    [(start, audio, end)] = turns(events)
+    assert end is not None and end.reason == "silence"
+    # The uplinked audio is one contiguous piece of the input that begins before the speech.
+    k = len(audio) - len(audio.lstrip(b"\0")) & ~1     # first sound in what was uplinked
+    pos = pcm.find(audio[k:k + 3200]) - k
+    assert pos >= 0
+    onset = lead * 32
+    assert pos <= onset - 0.3 * 32000, "pre-roll must reach >= 300 ms before the first sample"
+    assert pcm[pos:pos + len(audio)] == audio
+    assert pos + len(audio) >= onset + len(speech), "the end of the speech was cut"
+    assert abs(start.t - lead / 1000) < 0.25     # onset estimate near the real onset
+    # end of speech = end_silence_ms after the last voiced frame (the clip's quiet tail may
+    # already count as silence), not before and not much later
+    after_clip = end.t - (lead / 1000 + len(speech) / 32000)
+    assert 0.7 - 0.1 <= after_clip <= 0.7 + 0.1
+
+
+def test_batches_are_40_to_100_ms(question: bytes) -> None:
+    events, _ = run(m.silence(500) + question + m.silence(1500))
+    sizes = [len(e.pcm) / 32 for e in events if isinstance(e, SpeechAudio)]
+    assert sizes and all(40 <= s <= 100 for s in sizes[:-1]), sizes
+    assert 0 < sizes[-1] <= 100
+
+
+@pytest.mark.parametrize("snr_db", [20, 10])
+def test_speech_in_noise_is_one_turn(question: bytes, snr_db: int) -> None:
+    pcm = m.with_noise(m.silence(800) + question + m.silence(1500), snr_db, seed=snr_db)
+    [(_, audio, end)] = turns(run(pcm)[0])
+    assert end is not None
+    assert len(audio) >= len(question)
+
+
+def test_two_questions_two_turns(question: bytes, pregunta: bytes) -> None:
+    pcm = m.silence(500) + question + m.silence(1500) + pregunta + m.silence(1500)
+    ts = turns(run(pcm)[0])
+    assert len(ts) == 2 and all(end is not None for _, _, end in ts)
+
+
+def test_short_blip_is_not_a_turn(question: bytes) -> None:
+    blip = question[:int(0.22 * 32000)]    # a syllable: triggers, but is below min_speech
+    vad = VadSettings(min_speech_ms=400)
+    events, gate = run(m.silence(500) + blip + m.silence(1500), vad)
+    assert events == []
+    assert gate.stats.rejected >= 1
+
+
+def test_max_turn_length_then_deaf_until_a_pause(question: bytes) -> None:
+    talk = question * 4
+    vad = VadSettings(max_turn_s=2.0, end_silence_ms=900)
+    events, _ = run(m.silence(300) + talk + m.silence(1500), vad)
+    ts = turns(events)
+    assert ts[0][2] is not None and ts[0][2].reason == "max_length"
+    # max_turn_s from the onset, plus the part of the pre-roll before the onset
+    assert 2.0 <= len(ts[0][1]) / 32000 <= 2.0 + vad.preroll_ms / 1000 + 0.05
+    assert len(ts) == 1, "no new turn may start before a pause"
+
+
+def test_warmup_never_triggers_and_is_not_silence(question: bytes) -> None:
+    """Speech right at start-up: the warm-up only fills the ring, the onset is still kept."""
+    vad = VadSettings(warmup_ms=300, end_silence_ms=300)
+    events, gate = run(question + m.silence(1500), vad)
+    [(start, audio, end)] = turns(events)
+    assert end is not None and end.reason == "silence"
+    assert audio[:6400] == question[:6400], "audio from the warm-up is uplinked as pre-roll"
+    assert end.t >= len(question) / 32000     # the turn did not end during the warm-up
+
+
+def test_echo_guard_ignores_own_voice_but_not_loud_user(question: bytes,
+                                                        pregunta: bytes) -> None:
+    echo = m.scale_to(question, -42)
+    events, _ = run(m.silence(300) + echo + m.silence(1000), playing=True)
+    assert events == [], "device's own attenuated voice must not barge in under guard"
+    # The user talks over the echo, loudly: a barge-in turn.
+    mixed = m.mix(m.silence(300) + echo + m.silence(1000), pregunta, offset_ms=500)
+    ts = turns(run(mixed, playing=True)[0])
+    assert len(ts) == 1
+
+
+def test_echo_guard_demands_sustained_speech(question: bytes) -> None:
+    short = question[:int(0.3 * 32000)]
+    events, _ = run(m.silence(300) + short + m.silence(1200), playing=True,
+                    echo=EchoSettings(bargein_min_ms=500))
+    assert events == []
+    # the same audio is a turn when the device is quiet and min_speech allows it
+    events, _ = run(m.silence(300) + short + m.silence(1200), VadSettings(min_speech_ms=100))
+    assert len(turns(events)) == 1
+
+
+def test_open_policy_hears_its_own_echo_and_mute_hears_nothing(question: bytes) -> None:
+    loud_echo = m.silence(300) + m.scale_to(question, -25) + m.silence(1000)
+    assert len(turns(run(loud_echo, playing=True, echo=EchoSettings(policy="open"))[0])) == 1
+    assert run(loud_echo, playing=True, echo=EchoSettings(policy="mute"))[0] == []
+    assert len(turns(run(loud_echo, playing=False, echo=EchoSettings(policy="mute"))[0])) == 1
+
+
+def test_end_turn_from_outside_closes_only_open_turns(question: bytes) -> None:
+    gate = VadGate(VadSettings(), EchoSettings())
+    pcm = m.silence(500) + question
+    events: list[SpeechEvent] = []
+    for i in range(0, len(pcm) - PERIOD + 1, PERIOD):
+        events += gate.feed(AudioFrame(pcm[i:i + PERIOD], t=i / 32000))
+    assert gate.in_turn
+    closing = gate.end_turn("muted", t=99.0)
+    assert isinstance(closing[-1], SpeechEnded) and closing[-1].reason == "muted"
+    assert gate.end_turn("muted", t=100.0) == []
+
+
+def test_configure_applies_live(question: bytes) -> None:
+    gate = VadGate(VadSettings(), EchoSettings())
+    gate.configure(VadSettings(aggressiveness=3, min_speech_ms=5000), EchoSettings())
+    pcm = m.silence(500) + question + m.silence(1500)
+    events: list[SpeechEvent] = []
+    for i in range(0, len(pcm) - PERIOD + 1, PERIOD):
+        events += gate.feed(AudioFrame(pcm[i:i + PERIOD], t=i / 32000))
+    assert events == [], "min_speech_ms=5000 must reject a 3 s question"
+
+
+def test_dbfs() -> None:
+    assert dbfs(m.silence(10)) == -120.0
+    assert -21 < dbfs(m.noise(500, -20)) < -19
