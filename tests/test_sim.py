@@ -24,6 +24,7 @@ from edged.sim import (
     Scenario,
     Stall,
     ToolCall,
+    ToolCalls,
 )
 
 MODEL = "gemini-3.8-live"
@@ -390,3 +391,19 @@ async def test_inject_runs_actions_on_open_connection(sim: LiveSimulator) -> Non
                                                     config=resume):
             pass
     assert e.value.code == 1007 and "model" in e.value.details
+
+
+@pytest.mark.parametrize("sim", [Scenario(speed=50, rules=[Rule(actions=[ToolCalls([
+    ToolCall("a"), ToolCall("b")]), Reply("{tool_result}")])])], indirect=True)
+async def test_parallel_tool_calls_need_every_response(sim: LiveSimulator) -> None:
+    async with client_for(sim).aio.live.connect(model=MODEL, config=TEXT) as session:
+        await session.send_client_content(turns=user("hola"))
+        msgs = await read_until(session, lambda m: m.tool_call)
+        calls = msgs[-1].tool_call.function_calls
+        assert [c.name for c in calls] == ["a", "b"] and calls[0].id != calls[1].id
+        await session.send_tool_response(function_responses=[
+            types.FunctionResponse(id=c.id, name=c.name, response={"r": c.name})
+            for c in reversed(calls)])
+        text = "".join(m.text for m in await one_turn(session) if m.text)
+    assert json.loads(text) == {"r": "b"}
+    assert sim.errors == []

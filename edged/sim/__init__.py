@@ -40,9 +40,10 @@ Scenario format (dataclasses here, the same shape in TOML/JSON for ``edged-sim -
     ]
 
 Actions: ``reply`` (text, parts, tone_seconds), ``tool_call`` (name, args, wait, timeout, id),
-``cancel_tool_calls``, ``go_away`` (time_left, close_code, close_reason), ``close`` (code,
-reason), ``drop``, ``stall`` (seconds), ``sleep`` (seconds), ``assistant`` (the default demo
-answer). The default fallback is ``[Assistant()]``. A turn that produced output ends with
+``tool_calls`` (calls: a list of tool_call tables, sent in one message), ``cancel_tool_calls``,
+``go_away`` (time_left, close_code, close_reason), ``close`` (code, reason), ``drop``,
+``stall`` (seconds), ``sleep`` (seconds), ``assistant`` (the default demo answer). The
+default fallback is ``[Assistant()]``. A turn that produced output ends with
 ``generationComplete`` then ``turnComplete``; barge-in (``activityStart``, or speech detected by
 the server-VAD emulation when automatic activity detection is on) cancels it with
 ``interrupted`` then ``turnComplete`` (and ``toolCallCancellation`` for pending calls).
@@ -64,6 +65,7 @@ from edged.sim.scenario import (
     Sleep,
     Stall,
     ToolCall,
+    ToolCalls,
 )
 from edged.sim.server import LiveSimulator
 from edged.sim.state import ConnectionRecord, SessionState, TurnContext
@@ -71,5 +73,5 @@ from edged.sim.state import ConnectionRecord, SessionState, TurnContext
 __all__ = [
     "Action", "Assistant", "CancelToolCalls", "Close", "ConnectionRecord", "Drop", "GoAway",
     "LiveSimulator", "Reply", "Rule", "Scenario", "SessionState", "Sleep", "Stall", "ToolCall",
-    "TurnContext",
+    "ToolCalls", "TurnContext",
 ]

@@ -32,6 +32,7 @@ from edged.sim.scenario import (
     Sleep,
     Stall,
     ToolCall,
+    ToolCalls,
 )
 from edged.sim.state import (
     ConnectionRecord,
@@ -393,7 +394,10 @@ class Connection:
             case Reply():
                 return await self.say(ctx.render(action.text), action.parts, action.tone_seconds)
             case ToolCall():
-                await self.tool_call(action, ctx)
+                await self.tool_call([action], ctx)
+                return ""
+            case ToolCalls():
+                await self.tool_call(action.calls, ctx)
                 return ""
             case CancelToolCalls():
                 if self.pending:
@@ -431,22 +435,29 @@ class Connection:
         self.running.set()
         self.ws.transport.resume_reading()
 
-    async def tool_call(self, action: ToolCall, ctx: TurnContext) -> None:
-        fid = action.id or self.sim.new_id("function-call")
-        args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in action.args.items()}
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[fid] = fut   # also without wait: CancelToolCalls or a late response find it
-        await self.send({"toolCall": {"functionCalls": [
-            {"id": fid, "name": action.name, "args": args}]}})
-        if not action.wait:
-            return
-        timeout = action.timeout if action.timeout is not None else self.sc.tool_timeout
-        try:
-            ctx.tool_result = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self.pending.pop(fid, None)
-            await self.fail(f"no toolResponse for functionCall {fid} ({action.name}) "
-                            f"within {timeout:g}s")
+    async def tool_call(self, calls: list[ToolCall], ctx: TurnContext) -> None:
+        """One ``toolCall`` message with every call; wait for the responses of those that
+        wait (all in the same time budget). ``{tool_result}`` is the last call's response."""
+        futs: list[tuple[str, ToolCall, asyncio.Future[Any]]] = []
+        wire_calls = []
+        for call in calls:
+            fid = call.id or self.sim.new_id("function-call")
+            args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in call.args.items()}
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.pending[fid] = fut   # also without wait: CancelToolCalls or a late response
+            futs.append((fid, call, fut))
+            wire_calls.append({"id": fid, "name": call.name, "args": args})
+        await self.send({"toolCall": {"functionCalls": wire_calls}})
+        for fid, call, fut in futs:
+            if not call.wait:
+                continue
+            timeout = call.timeout if call.timeout is not None else self.sc.tool_timeout
+            try:
+                ctx.tool_result = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                self.pending.pop(fid, None)
+                await self.fail(f"no toolResponse for functionCall {fid} ({call.name}) "
+                                f"within {timeout:g}s")
 
     async def say(self, text: str, parts: int, tone_seconds: float | None) -> str:
         if self.modality == "TEXT":
@@ -481,7 +492,7 @@ class Connection:
         short = question if len(question) <= 80 else question[:77] + "..."
         if re.search(r"gobernanza|governance|mlops", question, re.IGNORECASE) \
                 and "search_knowledge" in self.tool_names:
-            await self.tool_call(ToolCall("search_knowledge", {"query": question}), ctx)
+            await self.tool_call([ToolCall("search_knowledge", {"query": question})], ctx)
             hit = first_hit(ctx.tool_result)
             if hit is None:
                 text = ("I found nothing about that in the knowledge base." if en else

@@ -68,6 +68,14 @@ class ToolCall:
 
 
 @dataclass
+class ToolCalls:
+    """Several function calls in one ``toolCall`` message (parallel calls); each one waits
+    (or not) as its ``ToolCall`` says, so the client must answer every id."""
+
+    calls: list[ToolCall]
+
+
+@dataclass
 class CancelToolCalls:
     """Send ``toolCallCancellation`` for every call still waiting for a response."""
 
@@ -119,12 +127,13 @@ class Assistant:
     """
 
 
-Action = Reply | ToolCall | CancelToolCalls | GoAway | Close | Drop | Stall | Sleep | Assistant
+Action = (Reply | ToolCall | ToolCalls | CancelToolCalls | GoAway | Close | Drop | Stall | Sleep
+          | Assistant)
 
 ACTIONS: dict[str, type] = {
-    "reply": Reply, "tool_call": ToolCall, "cancel_tool_calls": CancelToolCalls,
-    "go_away": GoAway, "close": Close, "drop": Drop, "stall": Stall, "sleep": Sleep,
-    "assistant": Assistant,
+    "reply": Reply, "tool_call": ToolCall, "tool_calls": ToolCalls,
+    "cancel_tool_calls": CancelToolCalls, "go_away": GoAway, "close": Close, "drop": Drop,
+    "stall": Stall, "sleep": Sleep, "assistant": Assistant,
 }
 
 # --- rules --------------------------------------------------------------------------------
@@ -249,4 +258,8 @@ def _action(data: Mapping[str, Any], where: str) -> Action:
     kind = data.get("do") if isinstance(data, Mapping) else None
     if kind not in ACTIONS:
         raise ValueError(f"{where}: 'do' must be one of {sorted(ACTIONS)}, got {kind!r}")
+    if kind == "tool_calls":
+        _check_keys(ToolCalls, data, where)
+        return ToolCalls([ToolCall(**_check_keys(ToolCall, c, f"{where}.calls[{i}]"))
+                          for i, c in enumerate(data["calls"])])
     return ACTIONS[kind](**_check_keys(ACTIONS[kind], data, where))
