@@ -24,6 +24,7 @@ from edged.sim import (
     Scenario,
     Sleep,
     ToolCall,
+    ToolCalls,
 )
 
 MODEL = "gemini-3.8-live"
@@ -163,8 +164,11 @@ def test_scenario_files_load_and_bad_keys_are_named(tmp_path: Path) -> None:
     assert s.rules[0].actions == [ToolCall("w", {"c": "{user_text}"}), Reply("{tool_result}"),
                                   Close(1011)]
     js = tmp_path / "s.json"
-    js.write_text(json.dumps({"rules": [{"on": "ready", "actions": [{"do": "go_away"}]}]}))
-    assert Scenario.load(js).rules[0].on == "ready"
+    js.write_text(json.dumps({"rules": [{"on": "ready", "actions": [
+        {"do": "go_away"}, {"do": "tool_calls", "calls": [{"name": "a"}, {"name": "b"}]}]}]}))
+    loaded = Scenario.load(js).rules[0]
+    assert loaded.on == "ready"
+    assert loaded.actions[1] == ToolCalls([ToolCall("a"), ToolCall("b")])
     bad = tmp_path / "bad.toml"
     bad.write_text('[[rules]]\nactions = [{do = "reply", txt = "x"}]\n')
     with pytest.raises(ValueError, match=r"bad.toml: rules\[0\].actions\[0\]: unknown key.*txt"):
