@@ -432,3 +432,17 @@ def test_sqlite_error_during_build_keeps_live_index(tmp_path: Path,
     assert store.read_pointer(idx) == 1 and not store.db_path(idx, 2).exists()
     monkeypatch.undo()
     assert state_of(idx) == hashes(V1)
+
+
+def test_unreadable_live_generation_is_rebuilt(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    src, idx = tmp_path / "src", settings.knowledge.index_dir
+    write_docs(src, V1)
+    sync_dir(settings, src, HashEmbedder())
+    store.db_path(idx, 1).write_bytes(b"garbage" * 1000)
+    res = sync_dir(settings, src, HashEmbedder())
+    assert res.rebuilt and res.rebuild_reason == "no readable live index"
+    assert res.generation == 2 and state_of(idx) == hashes(V1)
+    (idx / store.POINTER).write_text("not-a-number\n")
+    res = sync_dir(settings, src, HashEmbedder())
+    assert res.generation == 3 and state_of(idx) == hashes(V1)

@@ -178,11 +178,25 @@ def run_sync(settings: Settings, *, source: str | None = None, index_dir: Path |
     cp = _Checkpoints()
     with sync_lock(index_dir):
         cp("locked")
-        current = store.read_pointer(index_dir)
+        try:
+            current = store.read_pointer(index_dir)
+        except store.IndexUnavailable as e:
+            log.warning("%s; rebuilding", e)
+            current = None
         highest = _cleanup(index_dir, current)
         cp("cleaned-leftovers")
         emb = embedder or make_embedder(settings)
-        old = store.connect_ro(store.db_path(index_dir, current)) if current else None
+        old = None
+        if current is not None:
+            try:
+                old = store.connect_ro(store.db_path(index_dir, current))
+                store.read_meta(old)
+            except (store.IndexUnavailable, sqlite3.Error) as e:
+                # A live generation that cannot be read is replaced, not left serving errors.
+                log.warning("live generation %d unreadable (%s); rebuilding", current, e)
+                if old is not None:
+                    old.close()
+                old = None
         try:
             _sync_into(settings, src, index_dir, old, current, highest, full, emb, result, cp)
         finally:
@@ -198,7 +212,7 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
     max_bytes = settings.sync.max_doc_bytes
     result.previous_generation = current
     stored = store.stored_documents(old) if old is not None else {}
-    why = "no index yet" if old is None else (
+    why = "no readable live index" if old is None else (
         "--full requested" if full else store.incompatibility(store.read_meta(old), emb.name,
                                                               emb.dims))
     reuse = why is None
