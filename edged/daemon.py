@@ -73,6 +73,7 @@ log = logging.getLogger("edged.daemon")
 EXIT_CONFIG = 78            # EX_CONFIG: RestartPreventExitStatus=78 in edged.service
 STATUS_SCHEMA_VERSION = 1
 HOUSEKEEPING_S = 1.0
+STATE_POLL_S = 0.05
 INDEX_REFRESH_S = 30.0
 LAST_TURNS = 10
 ASK_MAX_CHARS = 4000
@@ -190,6 +191,7 @@ class Daemon:
         self._index_due = 0.0
         self._tool_error: str | None = None
         self._reconnects_seen: dict[str, int] = {}
+        self._last_problems: list[str] | None = None
 
     # --- health and status ------------------------------------------------------------------
 
@@ -375,6 +377,7 @@ class Daemon:
         self._spawn("voice", self._supervise("voice", self.voice.run))
         if hasattr(self.voice, "subscribe_turns"):
             self._spawn("voice-turns", self._pump_voice_turns())
+        self._spawn("voice-state", self._watch_voice_state())
         await self._wait_devices_tried(5.0)
 
     async def _wait_devices_tried(self, within_s: float) -> None:
@@ -440,6 +443,20 @@ class Daemon:
                 log.info("Live session reconnect after %s (%s)", code,
                          st.get("last_close_reason") or st.get("detail") or "",
                          extra={"EDGED_EVENT": EV_RECONNECT, "EDGED_CLOSE_CODE": str(code)})
+
+    async def _watch_voice_state(self) -> None:
+        """Publish idle/listening/thinking/speaking changes (LEDs want them within ~50 ms).
+
+        The voice loop exposes its state as a plain attribute and has no callback, so this
+        polls it: an attribute read every 50 ms costs nothing measurable.
+        """
+        last = None
+        while True:
+            state = getattr(self.voice, "state", None)
+            if state != last:
+                self.bus.publish({"type": "state", "state": state, "previous": last})
+                last = state
+            await asyncio.sleep(STATE_POLL_S)
 
     async def _pump_voice_turns(self) -> None:
         turns = self.voice.subscribe_turns()
@@ -674,6 +691,12 @@ class Daemon:
                 await self._refresh_index()
             self._count_reconnects()
             self.metrics.snapshot = self._snapshot()
+            problems = self.problems()
+            if problems != self._last_problems:
+                self.bus.publish({"type": "health",
+                                  "health": "degraded" if problems else "healthy",
+                                  "problems": problems})
+                self._last_problems = problems
             if self.settings.metrics.textfile and now >= self._textfile_due:
                 self._textfile_due = now + self.settings.metrics.textfile_interval_s
                 await self._write_textfile()

@@ -226,6 +226,9 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
             assert any(line.strip().startswith(label) for line in lines), (label, out)
 
         # ask: the answer streams back (partials, then a final line with the whole turn).
+        ev_reader, ev_writer = await asyncio.open_unix_connection(str(d.socket_path))
+        ev_writer.write(b'{"v":1,"id":"ev","method":"events"}\n')
+        assert json.loads(await ev_reader.readline())["result"]["type"] == "hello"
         rc, out, err = await d.edgectl("--json", "ask", "hola, ¿me oyes?")
         assert rc == 0, err
         items = [json.loads(line) for line in out.splitlines()]
@@ -234,6 +237,13 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
         assert final["model"] == "".join(i["text"] for i in items[:-1])
         assert "edged" in final["model"] and final["user"] == "hola, ¿me oyes?"
         assert final["latency_s"] > 0
+        events = []
+        while not events or events[-1]["type"] != "turn":
+            events.append(json.loads(await asyncio.wait_for(ev_reader.readline(), 10))["result"])
+        ev_writer.close()
+        types = [e["type"] for e in events]
+        assert "transcription" in types and "turn_complete" in types
+        assert events[-1]["kind"] == "text" and events[-1]["model"] == final["model"]
         sent = [m for _, m in sim.messages("clientContent")]
         assert any("hola, ¿me oyes?" in json.dumps(m, ensure_ascii=False) for m in sent)
 
