@@ -36,7 +36,7 @@ from edged.config import ConfigError, Settings, load_settings
 from edged.knowledge import store
 from edged.knowledge.chunking import DocumentError, ParsedDoc, kind_of, parse
 from edged.knowledge.embedders import Embedder, EmbedderError, make_embedder
-from edged.knowledge.sources import FetchError, Source, SourceUnreachable, open_source
+from edged.knowledge.sources import FetchError, Listed, Source, SourceUnreachable, open_source
 
 log = logging.getLogger("edged.knowledge.sync")
 
@@ -206,110 +206,130 @@ def run_sync(settings: Settings, *, source: str | None = None, index_dir: Path |
     return result
 
 
+@dataclass
+class _Plan:
+    """What a run is allowed to do, decided before any document is read."""
+
+    reuse: bool                       # incremental on a copy of the live generation
+    stored: dict[str, store.DocRow]   # what the live generation holds (empty on rebuild)
+    max_bytes: int
+
+
+def _prepare(src: Source, item: Listed, plan: _Plan,
+             result: SyncResult) -> tuple[store.DocRow, ParsedDoc] | None:
+    """Decide one listed document: None if unchanged or skipped (counted), else what to write."""
+    prev = plan.stored.get(item.source_id)
+
+    def skip(msg: str) -> None:
+        kept = " (previous version kept)" if prev is not None and plan.reuse else ""
+        result.errors.append(msg + kept)
+        result.skipped += 1
+        log.warning("skipped %s%s", msg, kept)
+
+    if kind_of(item.source_id) is None:
+        skip(f"{item.source_id}: unsupported type (index .md, .txt, .html)")
+        return None
+    if item.size is not None and item.size > plan.max_bytes:
+        skip(f"{item.source_id}: {item.size} bytes exceeds sync.max_doc_bytes={plan.max_bytes}")
+        return None
+    reused = prev if plan.reuse else None
+    if reused is not None and ((item.sha256 and item.sha256 == reused.content_hash)
+                               or (item.etag and item.etag == reused.etag)):
+        result.unchanged += 1
+        return None
+    try:
+        fetched = src.fetch(item, reused, plan.max_bytes)
+    except FetchError as e:
+        skip(str(e))
+        return None
+    if fetched.data is None:   # 304 Not Modified (conditional headers only sent when reusing)
+        result.unchanged += 1
+        return None
+    if len(fetched.data) > plan.max_bytes:
+        skip(f"{item.source_id}: larger than sync.max_doc_bytes={plan.max_bytes}")
+        return None
+    digest = hashlib.sha256(fetched.data).hexdigest()
+    if reused is not None and reused.content_hash == digest:
+        result.unchanged += 1
+        return None
+    try:
+        parsed = parse(item.source_id, fetched.data)
+    except DocumentError as e:
+        skip(str(e))
+        return None
+    if prev is None:
+        result.added += 1
+    elif prev.content_hash != digest:
+        result.changed += 1
+    else:
+        result.unchanged += 1   # same content, re-embedded only because of a rebuild
+    return (store.DocRow(item.source_id, parsed.title, digest, fetched.etag,
+                         fetched.last_modified, len(fetched.data)), parsed)
+
+
 def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Connection | None,
                current: int | None, highest: int, full: bool, emb: Embedder,
                result: SyncResult, cp: _Checkpoints) -> None:
-    max_bytes = settings.sync.max_doc_bytes
+    """Stream the listing into a new generation, created only once something must change
+    (documents are embedded and written one at a time: memory stays flat on a 512 MB Pi)."""
     result.previous_generation = current
-    stored = store.stored_documents(old) if old is not None else {}
     why = "no readable live index" if old is None else (
         "--full requested" if full else store.incompatibility(store.read_meta(old), emb.name,
                                                               emb.dims))
-    reuse = why is None
-    result.rebuilt, result.rebuild_reason = not reuse, why
+    plan = _Plan(reuse=why is None, stored=store.stored_documents(old) if old else {},
+                 max_bytes=settings.sync.max_doc_bytes)
+    result.rebuilt, result.rebuild_reason = not plan.reuse, why
     listing = src.list()
-    cp("listed")
-    pending: list[tuple[store.DocRow, ParsedDoc]] = []
-    seen: set[str] = set()
-    for item in listing:
-        seen.add(item.source_id)
-        prev = stored.get(item.source_id)
-
-        def skip(msg: str, prev: store.DocRow | None = prev) -> None:
-            kept = " (previous version kept)" if prev is not None and reuse else ""
-            result.errors.append(msg + kept)
-            result.skipped += 1
-            log.warning("skipped %s%s", msg, kept)
-
-        if kind_of(item.source_id) is None:
-            skip(f"{item.source_id}: unsupported type (index .md, .txt, .html)")
-            continue
-        if item.size is not None and item.size > max_bytes:
-            skip(f"{item.source_id}: {item.size} bytes exceeds sync.max_doc_bytes={max_bytes}")
-            continue
-        if reuse and prev is not None and (
-                (item.sha256 and item.sha256 == prev.content_hash)
-                or (item.etag and item.etag == prev.etag)):
-            result.unchanged += 1
-            continue
-        try:
-            fetched = src.fetch(item, prev if reuse else None, max_bytes)
-        except FetchError as e:
-            skip(str(e))
-            continue
-        if fetched.data is None:   # 304 Not Modified (conditional headers only sent on reuse)
-            result.unchanged += 1
-            continue
-        if len(fetched.data) > max_bytes:
-            skip(f"{item.source_id}: larger than sync.max_doc_bytes={max_bytes}")
-            continue
-        digest = hashlib.sha256(fetched.data).hexdigest()
-        if reuse and prev is not None and prev.content_hash == digest:
-            result.unchanged += 1
-            continue
-        try:
-            parsed = parse(item.source_id, fetched.data)
-        except DocumentError as e:
-            skip(str(e))
-            continue
-        if prev is None:
-            result.added += 1
-        elif prev.content_hash != digest:
-            result.changed += 1
-        else:
-            result.unchanged += 1   # same content, re-embedded only because of a rebuild
-        pending.append((store.DocRow(item.source_id, parsed.title, digest, fetched.etag,
-                                     fetched.last_modified, len(fetched.data)), parsed))
-    removed = sorted(set(stored) - seen)
+    removed = sorted(set(plan.stored) - {item.source_id for item in listing})
     result.removed = len(removed)
-    cp("planned")
-
-    if reuse and not pending and not removed:
-        assert old is not None
-        result.generation = current
-        _fill_totals(result, old, store.db_path(index_dir, current or 0))
-        return
-
+    cp("listed")
     gen = max(highest, current or 0) + 1
     path = store.db_path(index_dir, gen)
     conn: sqlite3.Connection | None = None
-    try:
-        if reuse:
+
+    def new_generation() -> sqlite3.Connection:
+        if plan.reuse:
             assert old is not None
             dst = sqlite3.connect(path)
             old.backup(dst)
             dst.close()
-            conn = store.connect_rw(path)
+            c = store.connect_rw(path)
         else:
-            conn = store.connect_rw(path)
-            store.create_schema(conn, emb.name, emb.dims)
+            c = store.connect_rw(path)
+            store.create_schema(c, emb.name, emb.dims)
         cp("generation-created")
+        return c
+
+    try:
         with asyncio.Runner() as runner:
-            for row, parsed in pending:
+            for item in listing:
+                todo = _prepare(src, item, plan, result)
+                if todo is None:
+                    continue
+                row, parsed = todo
+                if conn is None:
+                    conn = new_generation()
                 texts = [_embed_text(row.title, c.heading, c.text) for c in parsed.chunks]
                 vectors = runner.run(emb.embed(texts, "document"))
                 result.chunks_embedded += len(texts)
                 cp(f"embedded {row.source_id}")
                 store.replace_document(conn, row, parsed.chunks, vectors)
                 cp(f"written {row.source_id}")
+        if conn is None and plan.reuse and not removed:   # nothing to change: no new file
+            assert old is not None
+            result.generation = current
+            _fill_totals(result, old, store.db_path(index_dir, current or 0))
+            return
+        if conn is None:
+            conn = new_generation()
         for source_id in removed:
-            if reuse:
+            if plan.reuse:
                 store.delete_document(conn, source_id)
             cp(f"removed {source_id}")
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with store.transaction(conn):
             store.set_meta(conn, generation=str(gen), updated_at=now,
-                           **({} if reuse else {"built_at": now}))
+                           **({} if plan.reuse else {"built_at": now}))
         cp("meta-written")
         store.verify(conn)
         cp("verified")

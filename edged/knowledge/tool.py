@@ -37,7 +37,7 @@ PARAMETERS: dict[str, Any] = {
         "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS,
                   "description": "The question or keywords, in the user's language."},
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K,
-                  "description": "How many passages to return (default 4)."},
+                  "description": "How many passages to return; omit it for the default."},
     },
     "required": ["query"],
     "additionalProperties": False,
