@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ import pytest
 from test_knowledge import HashEmbedder, make_settings, write_docs
 
 from edged.config import Settings
-from edged.knowledge import store, sync
+from edged.knowledge import SAMPLE_KB, store, sync
 from edged.knowledge.search import Searcher
 from edged.knowledge.sync import (
     EXIT_LOCKED,
@@ -446,3 +448,20 @@ def test_unreadable_live_generation_is_rebuilt(tmp_path: Path) -> None:
     (idx / store.POINTER).write_text("not-a-number\n")
     res = sync_dir(settings, src, HashEmbedder())
     assert res.generation == 3 and state_of(idx) == hashes(V1)
+
+
+def test_cli_builds_the_demo_index_from_the_sample_kb(tmp_path: Path) -> None:
+    """The command the demo and the systemd unit run, as a real process with the real model."""
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[sync]\nprom_textfile = "{tmp_path / "edged_index.prom"}"\n')
+    cmd = [sys.executable, "-m", "edged.knowledge.sync", "--config", str(cfg), "--source",
+           str(SAMPLE_KB), "--index-dir", str(tmp_path / "idx"), "--state-dir",
+           str(tmp_path / "state")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    n = len(list(SAMPLE_KB.iterdir()))
+    assert f"ok: generation 1 (+{n} ~0 -0 =0 skipped 0)" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and f"(+0 ~0 -0 ={n} skipped 0)" in again.stdout
+    assert "0 embedded" in again.stdout
+    assert f"edged_index_documents {n}" in (tmp_path / "edged_index.prom").read_text()
