@@ -215,26 +215,27 @@ def test_cli_usage_errors_and_unreachable_source(tmp_path: Path,
 # --- HTTP source ----------------------------------------------------------------------------
 
 class _Site(http.server.BaseHTTPRequestHandler):
-    """Serves `files`; ETag = sha256; honours If-None-Match; logs each request."""
+    """Serves `files`; ETag = sha256; honours If-None-Match; logs each request's headers."""
 
     files: dict[str, bytes] = {}      # noqa: RUF012 - set per test
-    log: list[tuple[str, int, str | None]] = []   # noqa: RUF012
+    log: list[tuple[str, int, str | None, str | None]] = []   # noqa: RUF012
 
     def do_GET(self) -> None:
         name = self.path.lstrip("/").split("/", 1)[1] if self.path.count("/") > 1 else ""
         data = self.files.get(name)
         inm = self.headers.get("If-None-Match")
+        ims = self.headers.get("If-Modified-Since")
         if data is None:
-            self.log.append((name, 404, inm))
+            self.log.append((name, 404, inm, ims))
             self.send_error(404)
             return
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         if inm == etag:
-            self.log.append((name, 304, inm))
+            self.log.append((name, 304, inm, ims))
             self.send_response(304)
             self.end_headers()
             return
-        self.log.append((name, 200, inm))
+        self.log.append((name, 200, inm, ims))
         self.send_response(200)
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", "Sat, 21 Nov 2026 10:00:00 GMT")
@@ -282,9 +283,12 @@ def test_http_source_uses_manifest_hashes_and_conditional_gets(tmp_path: Path,
     emb.texts.clear()
     second = run_sync(settings, source=site, embedder=emb)
     assert second.unchanged == 3 and second.generation == 1 and emb.texts == []
-    fetched = {name: (code, inm) for name, code, inm in _Site.log if name != "manifest.json"}
+    fetched = {name: (code, inm, ims) for name, code, inm, ims in _Site.log
+               if name != "manifest.json"}
     assert "a.md" not in fetched                       # manifest hash proved it unchanged
-    assert fetched["b.md"][0] == 304 and fetched["b.md"][1]   # If-None-Match sent, 304 back
+    code, inm, ims = fetched["b.md"]
+    assert code == 304 and inm and inm.startswith('"')   # the stored ETag went back
+    assert ims == "Sat, 21 Nov 2026 10:00:00 GMT"       # and the stored Last-Modified
     assert fetched["sub/c.txt"][0] == 304
 
     docs["b.md"] = "# B\n\nbeta changed\n"
@@ -338,7 +342,7 @@ def test_sigkill_at_every_checkpoint_leaves_a_whole_index(tmp_path: Path,
     write_docs(src, v2)
     old, new = hashes(V1), hashes(v2)
     total = _count_checkpoints(settings, src, template, monkeypatch)
-    assert total >= 20
+    assert total >= 20, total
     outcomes = []
     for n in range(1, total + 1):
         idx = tmp_path / f"idx{n}"
