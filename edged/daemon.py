@@ -192,6 +192,7 @@ class Daemon:
         self._tool_error: str | None = None
         self._reconnects_seen: dict[str, int] = {}
         self._last_problems: list[str] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
 
     # --- health and status ------------------------------------------------------------------
 
@@ -732,12 +733,16 @@ class Daemon:
                           extra={"EDGED_EVENT": EV_ERROR})
             await asyncio.sleep(interval)
 
+    def _on_sighup(self) -> None:
+        task = asyncio.ensure_future(self.reload("SIGHUP"))
+        self._background.add(task)            # keep a reference until it finishes
+        task.add_done_callback(self._background.discard)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP,
-                                lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         set_secrets([self.settings.api_key()])
         log.info("edged %s starting (config %s)", __version__, self.version,
                  extra={"EDGED_EVENT": EV_LIFECYCLE})

@@ -358,6 +358,23 @@ async def test_degraded_without_devices_events_and_mute(
                 break
         assert ev["muted"] is True
         writer.close()
+        # The daemon's socket shrugs off 1,000 malformed lines on one connection.
+        reader, writer = await asyncio.open_unix_connection(str(d.socket_path))
+        junk = [b"{", b"[]", b'{"v":1,"id":1,"method":"nope"}', b'{"v":9,"method":"status"}',
+                b"\xff\xfe", b'{"v":1,"id":2,"method":"ask","params":{"text":""}}']
+        for i in range(1000):
+            writer.write(junk[i % len(junk)] + b"\n")
+        await writer.drain()
+        replies = [json.loads(await asyncio.wait_for(reader.readline(), 10))
+                   for _ in range(1000)]
+        assert all(r["ok"] is False and r["error"]["message"] for r in replies)
+        assert {r["error"]["code"] for r in replies} == {
+            "parse_error", "invalid_request", "unknown_method", "unsupported_version",
+            "invalid_params"}
+        writer.write(b'{"v":1,"id":"after","method":"health"}\n')
+        after = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        assert after["id"] == "after" and after["result"]["health"] == "degraded"
+        writer.close()
         assert (await d.status())["muted"] is True
         assert await stop(d, alsa) == 0
     finally:
