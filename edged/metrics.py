@@ -86,7 +86,7 @@ class _SnapshotCollector(Collector):
                 c.add_metric(["down"], s.bytes_down)
             yield c
         yield from _gauge("edged_vad_gated_ratio",
-                          "Fraction of captured audio frames the VAD gate let through to the network",
+                          "Fraction of captured audio frames the VAD let through to the network",
                           s.vad_gated_ratio)
         yield from _gauge("edged_index_generation", "Knowledge index generation in use",
                           s.index_generation)
