@@ -456,8 +456,22 @@ class Daemon:
             state = getattr(self.voice, "state", None)
             if state != last:
                 self.bus.publish({"type": "state", "state": state, "previous": last})
+                if state == "listening" and self.settings.camera.on_speech_start:
+                    self._spawn_background(self._still_to_live())
                 last = state
             await asyncio.sleep(STATE_POLL_S)
+
+    async def _still_to_live(self) -> None:
+        """camera.on_speech_start: send one still (rate-limited) as the user starts talking."""
+        if self.camera.state != "ok" or self.live is None:
+            return
+        try:
+            jpeg = await self.camera.capture_jpeg()
+        except Exception as e:
+            self._component("camera").set("degraded", f"capture failed: {e}")
+            return
+        if jpeg is not None:
+            await self.live.send_image(jpeg)
 
     async def _pump_voice_turns(self) -> None:
         turns = self.voice.subscribe_turns()
@@ -733,10 +747,13 @@ class Daemon:
                           extra={"EDGED_EVENT": EV_ERROR})
             await asyncio.sleep(interval)
 
-    def _on_sighup(self) -> None:
-        task = asyncio.ensure_future(self.reload("SIGHUP"))
+    def _spawn_background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)            # keep a reference until it finishes
         task.add_done_callback(self._background.discard)
+
+    def _on_sighup(self) -> None:
+        self._spawn_background(self.reload("SIGHUP"))
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
