@@ -1,0 +1,76 @@
+"""What capture and playback share: device health as shown by ``edgectl status``, and backoff.
+
+A sound device that fails to open, vanishes (USB unplugged) or errors mid-stream must never
+turn into a crash loop or a log flood: the owner thread logs once per failure, shows the error
+in its status, waits ``retry_base_s * 2**n`` (capped at ``retry_cap_s``, with jitter) and tries
+again. A device that has been working for a while resets the delay.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DeviceState = Literal["stopped", "opening", "running", "retrying"]
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    """Mutable status of one ALSA device; written by its thread, read by ``status()``."""
+
+    device: str
+    state: DeviceState = "stopped"
+    error: str | None = None   # the current problem; cleared when the device works again
+    last_error: str | None = None
+    failures: int = 0          # consecutive failures (drives the backoff)
+    reopens: int = 0           # successful opens after the first
+    xruns: int = 0             # overruns (capture) or underruns (playback)
+    frames: int = 0
+    retry_in_s: float | None = None
+    _opened_once: bool = field(default=False, repr=False)
+
+    def failed(self, msg: str) -> bool:
+        """Record a failure; True if it differs from the last one (worth a WARNING line)."""
+        self.failures += 1
+        new = msg != self.last_error
+        self.error = self.last_error = msg
+        return new
+
+    def opened(self) -> None:
+        if self._opened_once:
+            self.reopens += 1
+        self._opened_once = True
+        self.state = "running"
+        self.error = None
+        self.retry_in_s = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "state": self.state, "error": self.error,
+                "last_error": self.last_error, "failures": self.failures, "reopens": self.reopens, "frames": self.frames,
+                "retry_in_s": self.retry_in_s}
+
+
+class Backoff:
+    """Exponential backoff with +-20 % jitter; ``reset()`` after a stable period."""
+
+    def __init__(self, base_s: float, cap_s: float) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap_s, self.base_s * 2 ** self.attempt)
+        self.attempt += 1
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def wait(self, stop: threading.Event, health: DeviceHealth) -> bool:
+        """Sleep the next delay unless ``stop`` is set first; True means "go on retrying"."""
+        delay = self.next_delay()
+        health.state = "retrying"
+        health.retry_in_s = round(delay, 2)
+        return not stop.wait(delay)

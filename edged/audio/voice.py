@@ -1,0 +1,397 @@
+"""The voice loop: microphone -> speech gate -> Live session -> speaker, and the turn state.
+
+Three independent parts, each with its own recovery loop: :class:`Capture` and
+:class:`Playback` (ALSA threads, retry with backoff) and the Live session (owned by the
+daemon, reached only through :class:`LiveLink` and its event queue). This module wires them
+and keeps the one small state machine ``edgectl status`` shows:
+
+``idle`` -(speech confirmed)-> ``listening`` -(activityEnd sent)-> ``thinking``
+-(first reply audio)-> ``speaking`` -(played out)-> ``idle``; ``interrupted`` while playback is
+being flushed (server ``interrupted`` or local barge-in), then ``listening`` or ``idle``.
+
+Local turn detection (``session.turn_detection = "local"``): the gate's ``SpeechStarted`` /
+``SpeechAudio`` / ``SpeechEnded`` become ``activityStart`` / audio / ``activityEnd``; nothing is
+uplinked outside a turn. A turn confirmed while the device speaks is a barge-in: playback is
+flushed at once, and reply audio still in flight from the old answer is discarded until the
+new turn's ``activityEnd`` is sent. Server mode (the baseline) streams every frame and leaves
+turn-taking and interruptions to the server; the gate then only timestamps turns.
+
+Every turn gets a :class:`TurnRecord` with monotonic timestamps; the finished record is logged
+as one INFO line with its latencies, kept in a deque for status and pushed to subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from edged.audio.capture import Capture
+from edged.audio.playback import Playback, PlaybackEvent
+from edged.audio.vad import VadGate
+from edged.config import Settings
+from edged.events import (
+    GenerationComplete,
+    Interrupted,
+    LiveEvent,
+    LiveLink,
+    ModelAudio,
+    SessionChanged,
+    SpeechAudio,
+    SpeechEnded,
+    SpeechEvent,
+    SpeechStarted,
+    ToolCallStarted,
+    Transcription,
+    TurnComplete,
+    now,
+)
+
+log = logging.getLogger(__name__)
+
+VoiceState = Literal["idle", "listening", "thinking", "speaking", "interrupted"]
+RECENT_TURNS = 20
+_ids = itertools.count(1)
+
+
+def _ms(a: float | None, b: float | None) -> int | None:
+    return None if a is None or b is None else round((b - a) * 1000)
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    """One user turn and the reply to it; times are ``edged.events.now()`` (monotonic)."""
+
+    id: int = field(default_factory=lambda: next(_ids))
+    mode: Literal["local", "server"] = "local"
+    wall_time: float = field(default_factory=time.time)
+    speech_start: float | None = None
+    speech_end: float | None = None
+    end_reason: str | None = None
+    activity_end_sent: float | None = None
+    first_reply_audio: float | None = None
+    first_audio_written: float | None = None
+    playback_end: float | None = None
+    interrupted: Literal["server", "barge_in"] | None = None
+    interrupted_at: float | None = None
+    playback_stopped: float | None = None
+    uplinked_bytes: int = 0
+    reply_bytes: int = 0
+    user_text: str = ""
+    model_text: str = ""
+    tools: list[str] = field(default_factory=list)
+    outcome: str = "open"
+
+    def latencies(self) -> dict[str, int | None]:
+        """Milliseconds between the stages; ``None`` where a stage did not happen."""
+        return {
+            "end_to_activity_end_ms": _ms(self.speech_end, self.activity_end_sent),
+            "end_to_first_reply_ms": _ms(self.speech_end, self.first_reply_audio),
+            "reply_to_speaker_ms": _ms(self.first_reply_audio, self.first_audio_written),
+            "end_to_speaker_ms": _ms(self.speech_end, self.first_audio_written),
+            "interrupt_to_stop_ms": _ms(self.interrupted_at, self.playback_stopped),
+            "speech_ms": _ms(self.speech_start, self.speech_end),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "mode": self.mode, "wall_time": round(self.wall_time, 3),
+                "outcome": self.outcome, "end_reason": self.end_reason,
+                "interrupted": self.interrupted, "uplinked_bytes": self.uplinked_bytes,
+                "reply_bytes": self.reply_bytes, "user_text": self.user_text,
+                "model_text": self.model_text, "tools": list(self.tools), **self.latencies()}
+
+
+class VoiceLoop:
+    """Capture, gate, uplink, playback and turn bookkeeping for one Live session."""
+
+    def __init__(self, settings: Settings, live: LiveLink,
+                 live_events: asyncio.Queue[LiveEvent]) -> None:
+        self.settings = settings
+        self.live = live
+        self.live_events = live_events
+        self.mode = settings.session.turn_detection
+        self.capture = Capture(settings.audio)
+        self.playback = Playback(settings.audio)
+        self.gate = VadGate(settings.vad, settings.echo)
+        self.state: VoiceState = "idle"
+        self.muted = False
+        self.session_state = "unknown"
+        self.turns: deque[TurnRecord] = deque(maxlen=RECENT_TURNS)
+        self._turn: TurnRecord | None = None        # being spoken by the user
+        self._reply: TurnRecord | None = None       # whose reply is awaited or playing
+        self._discard_reply_audio = False
+        self._last_played = 0.0
+        self._outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._stream = bytearray()
+        self._subscribers: list[asyncio.Queue[TurnRecord]] = []
+        self.send_errors = 0
+
+    # --- public API -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run every part until cancelled; each part recovers from its own failures."""
+        log.info("voice: %s turn detection, echo policy %s, capture %s, playback %s",
+                 self.mode, self.settings.echo.policy, self.settings.audio.capture_device,
+                 self.settings.audio.playback_device)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.capture.run(), name="voice-capture")
+            tg.create_task(self.playback.run(), name="voice-playback")
+            tg.create_task(self._uplink(), name="voice-uplink")
+            tg.create_task(self._sender(), name="voice-sender")
+            tg.create_task(self._downlink(), name="voice-downlink")
+            tg.create_task(self._playback_events(), name="voice-playback-events")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "mode": self.mode,
+            "muted": self.muted,
+            "session": self.session_state,
+            "capture": self.capture.status(),
+            "playback": self.playback.status(),
+            "vad": {"mode": self.mode, "gate": self.gate.state,
+                    "aggressiveness": self.settings.vad.aggressiveness,
+                    **self.gate.stats.as_dict()},
+            "echo": {"policy": self.settings.echo.policy,
+                     "bargein_min_ms": self.settings.echo.bargein_min_ms,
+                     "bargein_min_dbfs": self.settings.echo.bargein_min_dbfs},
+            "send_errors": self.send_errors,
+            "turns": [t.as_dict() for t in self.turns],
+        }
+
+    def mute(self) -> None:
+        """Stop listening: an open turn is closed (activityEnd) and the mic is ignored."""
+        if self.muted:
+            return
+        self.muted = True
+        self._handle_speech(self.gate.end_turn("muted", now()))
+        self._stream.clear()
+        log.info("voice: muted")
+
+    def unmute(self) -> None:
+        if not self.muted:
+            return
+        self.muted = False
+        self.gate.reset()
+        log.info("voice: unmuted")
+
+    def subscribe_turns(self) -> asyncio.Queue[TurnRecord]:
+        """A queue that receives every finished :class:`TurnRecord` (bounded; drops if full)."""
+        q: asyncio.Queue[TurnRecord] = asyncio.Queue(maxsize=100)
+        self._subscribers.append(q)
+        return q
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Live-apply VAD and echo settings; device and turn-mode changes need a restart."""
+        needs_restart = [
+            key for key, old, new in (
+                ("audio", self.settings.audio, settings.audio),
+                ("session.turn_detection", self.settings.session.turn_detection,
+                 settings.session.turn_detection))
+            if old != new]
+        if needs_restart:
+            log.warning("voice: %s changed; takes effect after a restart of edged",
+                        ", ".join(needs_restart))
+        self.settings = settings.model_copy(update={"audio": self.settings.audio,
+                                                    "session": self.settings.session})
+        self.gate.configure(settings.vad, settings.echo)
+        log.info("voice: applied vad/echo settings (echo policy %s)", settings.echo.policy)
+
+    # --- uplink: mic -> gate -> Live ----------------------------------------------------------
+
+    def _device_speaking(self) -> bool:
+        if self.playback.playing:
+            return True
+        return now() - self._last_played < self.settings.echo.tail_ms / 1000
+
+    async def _uplink(self) -> None:
+        expected = self.settings.audio.period_ms / 1000
+        last_t: float | None = None
+        async for frame in self.capture.frames():
+            if last_t is not None and frame.t - last_t > 10 * expected + 0.5:
+                self.gate.reset()    # the device reopened or stalled: warm up again
+            last_t = frame.t
+            if self.muted:
+                continue
+            events = self.gate.feed(frame, playing=self._device_speaking())
+            if self.mode == "server":
+                self._stream += frame.pcm
+                if len(self._stream) >= self.settings.vad.batch_ms * 32:
+                    self._outbox.put_nowait(("audio", bytes(self._stream)))
+                    self._stream.clear()
+            self._handle_speech(events)
+
+    def _handle_speech(self, events: list[SpeechEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, SpeechStarted):
+                self._on_speech_started(ev)
+            elif isinstance(ev, SpeechAudio):
+                if self._turn is not None:
+                    self._turn.uplinked_bytes += len(ev.pcm)
+                if self.mode == "local":
+                    self._outbox.put_nowait(("audio", ev.pcm))
+            elif isinstance(ev, SpeechEnded):
+                self._on_speech_ended(ev)
+
+    def _on_speech_started(self, ev: SpeechStarted) -> None:
+        if self.mode == "local" and self._device_speaking():
+            self._barge_in(ev.t)
+        if self._turn is not None:         # e.g. a turn cut by max_length never got its end
+            self._finish(self._turn, "abandoned")
+        self._turn = TurnRecord(mode=self.mode, speech_start=ev.t)
+        if self.mode == "local":
+            self._discard_reply_audio = True
+            self._set_state("listening")
+            self._outbox.put_nowait(("start", None))
+
+    def _on_speech_ended(self, ev: SpeechEnded) -> None:
+        turn, self._turn = self._turn, None
+        if turn is None:
+            return
+        turn.speech_end = ev.t
+        turn.end_reason = ev.reason
+        if self._reply is not None and self._reply is not turn:
+            self._finish(self._reply, "superseded")
+        self._reply = turn
+        if self.mode == "local":
+            self._outbox.put_nowait(("end", turn))
+            self._set_state("thinking")
+
+    def _barge_in(self, t: float) -> None:
+        reply = self._reply
+        if reply is not None:
+            reply.interrupted = "barge_in"
+            reply.interrupted_at = now()
+        log.info("voice: barge-in (speech began %.0f ms ago), flushing playback",
+                 (now() - t) * 1000)
+        self._stop_playback(reply)
+
+    def _stop_playback(self, reply: TurnRecord | None) -> None:
+        """Flush; the reply is finished when the writer reports the drop (or now if idle)."""
+        if self.playback.flush():
+            self._set_state("interrupted")
+        elif reply is not None:
+            reply.playback_stopped = reply.playback_end = now()
+            self._finish(reply, "interrupted")
+
+    async def _sender(self) -> None:
+        """The only task that awaits the Live link, so a slow send never stalls capture."""
+        while True:
+            kind, arg = await self._outbox.get()
+            try:
+                if kind == "start":
+                    await self.live.send_activity_start()
+                elif kind == "audio":
+                    await self.live.send_audio(arg)
+                else:
+                    await self.live.send_activity_end()
+                    arg.activity_end_sent = now()
+                    if self._reply is arg:
+                        self._discard_reply_audio = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:      # the session supervisor reconnects; we keep going
+                self.send_errors += 1
+                log.warning("voice: could not send %s to Live: %s", kind, e)
+                if kind == "end" and self._reply is arg:
+                    self._discard_reply_audio = False
+
+    # --- downlink: Live -> speaker -------------------------------------------------------------
+
+    async def _downlink(self) -> None:
+        while True:
+            ev = await self.live_events.get()
+            if isinstance(ev, ModelAudio):
+                self._on_model_audio(ev)
+            elif isinstance(ev, Interrupted):
+                self._on_interrupted(ev)
+            elif isinstance(ev, TurnComplete | GenerationComplete):
+                self.playback.reply_done()
+                if self._reply is not None and self._reply.first_reply_audio is None \
+                        and isinstance(ev, TurnComplete) and self.state == "thinking":
+                    self._finish(self._reply, "no_audio")
+                    self._set_state("idle")
+            elif isinstance(ev, Transcription):
+                target = self._turn if ev.role == "user" and self._turn else self._reply
+                if target is not None:
+                    attr = "user_text" if ev.role == "user" else "model_text"
+                    setattr(target, attr, getattr(target, attr) + ev.text)
+            elif isinstance(ev, ToolCallStarted):
+                if self._reply is not None:
+                    self._reply.tools.append(ev.name)
+            elif isinstance(ev, SessionChanged):
+                self.session_state = ev.state
+
+    def _on_model_audio(self, ev: ModelAudio) -> None:
+        if self._discard_reply_audio and self.mode == "local":
+            return
+        if self._reply is None:           # a reply to text (edgectl ask) or server-side turn
+            self._reply = TurnRecord(mode=self.mode)
+        if self._reply.first_reply_audio is None:
+            self._reply.first_reply_audio = ev.t
+        self._reply.reply_bytes += len(ev.pcm)
+        self.playback.enqueue(ev.pcm)
+        if self.state in ("idle", "thinking"):
+            self._set_state("speaking")
+
+    def _on_interrupted(self, ev: Interrupted) -> None:
+        reply = self._reply
+        if reply is None or reply.interrupted is not None:
+            self.playback.flush()          # nothing of ours is playing, or already stopping
+            return
+        reply.interrupted = "server"
+        reply.interrupted_at = ev.t
+        log.info("voice: server interrupted the reply, flushing playback")
+        self._stop_playback(reply)
+        if self.state != "interrupted":
+            self._set_state("listening" if self._turn else "idle")
+
+    async def _playback_events(self) -> None:
+        while True:
+            ev: PlaybackEvent = await self.playback.events.get()
+            reply = self._reply
+            if ev.kind == "first_write":
+                if reply is not None and reply.first_audio_written is None:
+                    reply.first_audio_written = ev.t
+            elif ev.kind == "finished":
+                self._last_played = ev.t
+                if reply is not None:
+                    reply.playback_end = ev.t
+                    self._finish(reply, "played")
+                if self.state in ("speaking", "interrupted"):
+                    self._set_state("listening" if self._turn else "idle")
+            else:   # flushed
+                self._last_played = ev.t
+                if reply is not None and reply.interrupted is not None:
+                    reply.playback_stopped = ev.t
+                    reply.playback_end = ev.t
+                    self._finish(reply, "interrupted")
+                if self.state == "interrupted":
+                    self._set_state("listening" if self._turn else "idle")
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+
+    def _set_state(self, state: VoiceState) -> None:
+        if state != self.state:
+            log.debug("voice: %s -> %s", self.state, state)
+            self.state = state
+
+    def _finish(self, turn: TurnRecord, outcome: str) -> None:
+        if turn.outcome != "open":
+            return
+        turn.outcome = outcome
+        if self._reply is turn:
+            self._reply = None
+        self.turns.append(turn)
+        lat = turn.latencies()
+        log.info("turn %d %s (%s): %s", turn.id, outcome, turn.mode,
+                 " ".join(f"{k.removesuffix('_ms')}={v}ms" for k, v in lat.items()
+                          if v is not None) or "no timings")
+        for q in self._subscribers:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(turn)
