@@ -12,6 +12,7 @@ import pytest
 
 from edged.audio import material as m
 from edged.audio.capture import Capture
+from edged.audio.harness import poll_until
 from edged.audio.playback import BYTES_PER_MS, Playback, PlaybackEvent
 from edged.audio.virtual import VirtualAlsa
 from edged.config import AudioSettings
@@ -76,9 +77,7 @@ async def test_capture_reads_the_device_exactly(va: VirtualAlsa, tmp_path: Path,
 async def test_capture_retries_until_the_device_appears(va: VirtualAlsa, tmp_path: Path) -> None:
     cap = Capture(AudioSettings(capture_device="latemic", retry_base_s=0.02, retry_cap_s=0.1))
     async with running(cap):
-        async with asyncio.timeout(10):
-            while cap.health.failures < 3:
-                await asyncio.sleep(0.02)
+        await poll_until(lambda: cap.health.failures >= 3, 10)
         st = cap.status()
         assert st["state"] in ("retrying", "opening")
         assert "latemic" in st["error"]
@@ -94,9 +93,7 @@ async def test_capture_recovers_when_its_file_comes_back(va: VirtualAlsa, tmp_pa
     va.add_capture("mic", infile)    # defined, but its source file does not exist yet
     cap = Capture(AudioSettings(capture_device="mic", retry_base_s=0.02, retry_cap_s=0.1))
     async with running(cap):
-        async with asyncio.timeout(10):
-            while cap.health.failures < 2:
-                await asyncio.sleep(0.02)
+        await poll_until(lambda: cap.health.failures >= 2, 10)
         assert "mic" in (cap.status()["error"] or "")
         infile.write_bytes(ramp(0.5))
         frames = await asyncio.wait_for(take(cap, 5), 10)
@@ -128,9 +125,7 @@ async def test_flush_stops_playback_within_the_buffer(va: VirtualAlsa) -> None:
         pb.enqueue(reply)
         pb.reply_done()
         await asyncio.wait_for(next_event(pb, "first_write"), 10)
-        async with asyncio.timeout(10):
-            while len(sink.data()) < 0.3 * 48000:
-                await asyncio.sleep(0.01)
+        await poll_until(lambda: len(sink.data()) >= 0.3 * 48000, 10)
         t_flush = asyncio.get_running_loop().time()
         assert pb.flush() is True
         flushed = await asyncio.wait_for(next_event(pb, "flushed"), 5)
@@ -153,9 +148,7 @@ async def test_playback_recovers_from_write_errors(va: VirtualAlsa, tmp_path: Pa
     async with running(pb):
         pb.enqueue(tone(1.0, 24000, 300))
         pb.reply_done()
-        async with asyncio.timeout(10):
-            while pb.health.failures < 1:
-                await asyncio.sleep(0.02)
+        await poll_until(lambda: pb.health.failures >= 1, 10)
         assert "spk" in pb.status()["last_error"]
         await asyncio.wait_for(next_event(pb, "flushed"), 10)
         assert not pb.playing

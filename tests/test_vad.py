@@ -127,8 +127,8 @@ def test_max_turn_length_then_deaf_until_a_pause(question: bytes) -> None:
 def test_warmup_never_triggers_and_is_not_silence(question: bytes) -> None:
     """Speech right at start-up: the warm-up only fills the ring, the onset is still kept."""
     vad = VadSettings(warmup_ms=300, end_silence_ms=300)
-    events, gate = run(question + m.silence(1500), vad)
-    [(start, audio, end)] = turns(events)
+    events, _ = run(question + m.silence(1500), vad)
+    [(_, audio, end)] = turns(events)
     assert end is not None and end.reason == "silence"
     assert audio[:6400] == question[:6400], "audio from the warm-up is uplinked as pre-roll"
     assert end.t >= len(question) / 32000     # the turn did not end during the warm-up

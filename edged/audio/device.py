@@ -48,7 +48,8 @@ class DeviceHealth:
 
     def as_dict(self) -> dict[str, Any]:
         return {"device": self.device, "state": self.state, "error": self.error,
-                "last_error": self.last_error, "failures": self.failures, "reopens": self.reopens, "frames": self.frames,
+                "last_error": self.last_error, "failures": self.failures,
+                "reopens": self.reopens, "frames": self.frames,
                 "retry_in_s": self.retry_in_s}
 
 

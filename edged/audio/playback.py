@@ -69,6 +69,7 @@ class Playback:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bytes_written = 0
+        self.starved = 0           # the jitter buffer ran dry mid-reply (network slower than us)
 
     # --- event-loop side -------------------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Playback:
     def status(self) -> dict[str, Any]:
         d = self.health.as_dict()
         d["underruns"] = self.health.xruns
+        d["starved"] = self.starved
         d["buffer_ms"] = self.settings.playback_buffer_ms
         with self._cond:
             d["queued_ms"] = self._queued // BYTES_PER_MS
@@ -161,14 +163,15 @@ class Playback:
                     self._jitter.appendleft(head[take:])
             self._queued -= len(out)
             return "write", bytes(out)
-        if self._started and not self._queued:
-            if self._done:
+        if not self._queued:
+            if self._done and (self._started or self._active):
                 self._started = False
                 self._done = False
                 return "finish", b""
-            # Starved mid-reply: collect the prebuffer again before resuming.
-            self._started = False
-            self.health.xruns += 1
+            if self._started:
+                # Starved mid-reply: collect the prebuffer again before resuming.
+                self._started = False
+                self.starved += 1
         return "idle", b""
 
     def _thread_main(self) -> None:

@@ -106,13 +106,13 @@ class VadGate:
         self._ring.clear()
         self._window.clear()
         self._rest = b""
-        self._rest_t = 0.0
         self._warm_ms = 0
         self._turn: list[_Frame] = []
         self._batch = bytearray()
         self._voiced_ms = 0
         self._silence_ms = 0
-        self._turn_t0 = 0.0
+        self._turn_ms = 0
+        self._onset_frames = 0
         self._guarded = False
 
     @property
@@ -134,16 +134,15 @@ class VadGate:
     def feed(self, frame: AudioFrame, playing: bool = False) -> list[SpeechEvent]:
         """Process one capture frame; ``playing``: the device's speaker is active right now."""
         data = self._rest + frame.pcm
-        # frame.t is when the read returned, i.e. the end of this period.
-        start_t = frame.t - len(frame.pcm) / (2 * RATE) if not self._rest else self._rest_t
         events: list[SpeechEvent] = []
-        n = len(data) // self._frame_bytes
+        fb = self._frame_bytes
+        n = len(data) // fb
         for i in range(n):
-            chunk = data[i * self._frame_bytes:(i + 1) * self._frame_bytes]
-            t = start_t + i * self.vad.frame_ms / 1000
-            events += self._step(chunk, t, playing)
-        self._rest = data[n * self._frame_bytes:]
-        self._rest_t = start_t + n * self.vad.frame_ms / 1000
+            # frame.t is when the read returned (the end of this period); times of earlier
+            # samples are counted back from it, so no drift accumulates across periods.
+            t = frame.t - (len(data) - i * fb) / (2 * RATE)
+            events += self._step(data[i * fb:(i + 1) * fb], t, playing)
+        self._rest = data[n * fb:]
         return events
 
     # --- one VAD frame -------------------------------------------------------------------
@@ -183,6 +182,7 @@ class VadGate:
             return []
         if self.state == "pending":
             self._turn.append(f)
+            self._onset_frames += 1
             self._voiced_ms += fm * voiced
             if self._silence_ms >= self.vad.end_silence_ms:
                 self.stats.rejected += 1
@@ -197,7 +197,8 @@ class VadGate:
         events = self._add_audio(pcm, t)
         if self._silence_ms >= self.vad.end_silence_ms:
             return events + self._close(t + fm / 1000, "silence")
-        if t + fm / 1000 - self._turn_t0 >= self.vad.max_turn_s:
+        self._turn_ms += fm
+        if self._turn_ms >= self.vad.max_turn_s * 1000:
             return events + self._close(t + fm / 1000, "max_length")
         return events
 
@@ -208,6 +209,7 @@ class VadGate:
         onset_idx = len(frames) - len(window) + window.index(True)
         self._turn = frames[max(0, onset_idx - self._preroll_frames):]
         self._onset_t = frames[onset_idx].t
+        self._onset_frames = len(frames) - onset_idx
         self._voiced_ms = sum(self.vad.frame_ms for f in frames[onset_idx:] if f.voiced)
         self._silence_ms = 0
         self._guarded = playing and self.echo.policy == "guard"
@@ -220,7 +222,8 @@ class VadGate:
             return []
         self.state = "speaking"
         self.stats.turns += 1
-        self._turn_t0 = self._onset_t
+        # turn length is counted in audio time from the onset (the clock may be paced)
+        self._turn_ms = self._onset_frames * self.vad.frame_ms
         self._ring.clear()
         events: list[SpeechEvent] = [SpeechStarted(t=self._onset_t)]
         for f in self._turn:

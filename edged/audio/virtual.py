@@ -181,6 +181,7 @@ class PacedSource:
                     self._clips[0] = (rest, done, started)
                     return out.ljust(self.chunk, b"\0")
                 self._clips.popleft()
+                started.append(time.monotonic())
                 done.set()
         return bytes(self.chunk)
 
@@ -211,7 +212,7 @@ class PacedSource:
 
 @dataclass(frozen=True, slots=True)
 class PlayedClip:
-    """Handle for a queued clip: ``done`` is set when its last period entered the pipe."""
+    """Handle for a queued clip: ``done`` is set once its last period entered the pipe."""
 
     done: threading.Event
     _started: list[float]
@@ -219,7 +220,13 @@ class PlayedClip:
 
     @property
     def started_at(self) -> float | None:
+        """When the clip's first period entered the pipe (its first sample is "spoken")."""
         return self._started[0] if self._started else None
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the period after the clip's last one was due: the clip has been "said"."""
+        return self._started[1] if len(self._started) > 1 else None
 
 
 class PacedSink:

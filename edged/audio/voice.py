@@ -252,6 +252,10 @@ class VoiceLoop:
     def _on_speech_ended(self, ev: SpeechEnded) -> None:
         turn, self._turn = self._turn, None
         if turn is None:
+            # server mode: the reply began before our gate saw the end (server VAD was first)
+            r = self._reply
+            if r is not None and r.speech_start is not None and r.speech_end is None:
+                r.speech_end, r.end_reason = ev.t, ev.reason
             return
         turn.speech_end = ev.t
         turn.end_reason = ev.reason
@@ -330,8 +334,11 @@ class VoiceLoop:
     def _on_model_audio(self, ev: ModelAudio) -> None:
         if self._discard_reply_audio and self.mode == "local":
             return
-        if self._reply is None:           # a reply to text (edgectl ask) or server-side turn
-            self._reply = TurnRecord(mode=self.mode)
+        if self._reply is None:
+            # server mode: the server ended the turn before our gate did; otherwise a reply
+            # to text (edgectl ask) that no spoken turn asked for
+            self._reply = self._turn or TurnRecord(mode=self.mode)
+            self._turn = None
         if self._reply.first_reply_audio is None:
             self._reply.first_reply_audio = ev.t
         self._reply.reply_bytes += len(ev.pcm)
