@@ -78,10 +78,10 @@ def test_one_turn_with_preroll_and_no_clipped_onset(voice: str,
     assert pcm[pos:pos + len(audio)] == audio
     assert pos + len(audio) >= onset + len(speech), "the end of the speech was cut"
     assert abs(start.t - lead / 1000) < 0.25     # onset estimate near the real onset
-    # end of speech = end_silence_ms after the last voiced frame (the clip's quiet tail may
-    # already count as silence), not before and not much later
-    after_clip = end.t - (lead / 1000 + len(speech) / 32000)
-    assert 0.7 - 0.1 <= after_clip <= 0.7 + 0.1
+    # SpeechEnded.t estimates the end of speech (the clip's quiet tail may be unvoiced)
+    assert abs(end.t - (lead / 1000 + len(speech) / 32000)) <= 0.1
+    # ... and the decision came end_silence_ms later: the last audio sent is from then
+    assert abs(pos + len(audio) - (onset + len(speech) + 700 * 32)) <= 100 * 32
 
 
 def test_batches_are_40_to_100_ms(question: bytes) -> None:
@@ -131,7 +131,7 @@ def test_warmup_never_triggers_and_is_not_silence(question: bytes) -> None:
     [(_, audio, end)] = turns(events)
     assert end is not None and end.reason == "silence"
     assert audio[:6400] == question[:6400], "audio from the warm-up is uplinked as pre-roll"
-    assert end.t >= len(question) / 32000     # the turn did not end during the warm-up
+    assert len(audio) >= len(question)        # the turn did not end during the warm-up
 
 
 def test_echo_guard_ignores_own_voice_but_not_loud_user(question: bytes,

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +65,12 @@ class VoiceRig:
 
 def rig_settings(sim: LiveSimulator, mode: str = "local",
                  extra: dict[str, Any] | None = None) -> Settings:
+    return Settings.model_validate(rig_settings_data(sim, mode, extra))
+
+
+def rig_settings_data(sim: LiveSimulator, mode: str = "local",
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Settings (as plain data, so a child process can get them) for the rig's devices."""
     data: dict[str, Any] = {
         "gemini": {"base_url": sim.base_url, "ca_file": str(sim.ca_file),
                    "api_key": "sim-key-not-a-secret", "response_modality": "AUDIO"},
@@ -70,7 +80,7 @@ def rig_settings(sim: LiveSimulator, mode: str = "local",
     }
     for section, values in (extra or {}).items():
         data.setdefault(section, {}).update(values)
-    return Settings.model_validate(data)
+    return data
 
 
 @contextlib.asynccontextmanager
@@ -108,3 +118,44 @@ async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: 
                 await asyncio.wait_for(live_task, 15)
     finally:
         va.close()
+
+
+# --- the device side alone in a process (benchmarks) -----------------------------------------
+
+
+async def _device_side(settings: Settings) -> None:
+    live = LiveSession(settings, ToolRegistry(settings.tools.timeout_s))
+    voice = VoiceLoop(settings, live, live.subscribe())
+    turns = voice.subscribe_turns()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(live.run()), asyncio.create_task(voice.run())]
+    await live.wait_ready(15)
+    await poll_until(lambda: voice.capture.health.state == "running"
+                     and voice.playback.health.state == "running", 15)
+    print(json.dumps({"ready": True}), flush=True)
+    while not stop.is_set():
+        getter = asyncio.ensure_future(turns.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            print(json.dumps({"turn": dataclasses.asdict(getter.result())}), flush=True)
+        for f in (getter, stopper):
+            f.cancel()
+    print(json.dumps({"status": voice.status(), "live": live.status()}, default=str),
+          flush=True)
+    tasks[1].cancel()
+    await asyncio.gather(tasks[1], return_exceptions=True)
+    await live.close()
+    await asyncio.wait_for(tasks[0], 15)
+
+
+def device_side_main(argv: list[str] | None = None) -> None:
+    """``python -m edged.audio.harness SETTINGS_JSON``: VoiceLoop + LiveSession only, printing
+    one JSON line per finished turn (monotonic timestamps: comparable across processes)."""
+    args = sys.argv[1:] if argv is None else argv
+    asyncio.run(_device_side(Settings.model_validate(json.loads(args[0]))))
+
+
+if __name__ == "__main__":
+    device_side_main()

@@ -5,7 +5,8 @@ unit-testable on synthetic audio. One :meth:`VadGate.feed` call per capture fram
 :mod:`edged.events` speech messages it caused:
 
 ``SpeechStarted`` (t = estimated onset) -> ``SpeechAudio`` batches (first the pre-roll, then
-live audio, each ``batch_ms`` long) -> ``SpeechEnded`` (silence or maximum turn length).
+live audio, each ``batch_ms`` long) -> ``SpeechEnded`` (silence or maximum turn length; t = the
+estimated end of speech, i.e. ``end_silence_ms`` before the decision).
 
 Decisions, in order (reference/satellites.md §4):
 
@@ -113,6 +114,7 @@ class VadGate:
         self._silence_ms = 0
         self._turn_ms = 0
         self._onset_frames = 0
+        self._last_voiced_end = 0.0
         self._guarded = False
 
     @property
@@ -174,6 +176,8 @@ class VadGate:
                 return self._trigger(playing)
             return []
         self._silence_ms = 0 if voiced else self._silence_ms + fm
+        if voiced:
+            self._last_voiced_end = t + fm / 1000
         if self.state == "cooldown":
             self._ring.append(f)
             if self._silence_ms >= self.vad.end_silence_ms:
@@ -196,7 +200,9 @@ class VadGate:
         self._ring.append(f)
         events = self._add_audio(pcm, t)
         if self._silence_ms >= self.vad.end_silence_ms:
-            return events + self._close(t + fm / 1000, "silence")
+            # SpeechEnded.t is the estimated end of speech (the last voiced frame), so the
+            # end_silence_ms hangover shows up in every end-of-speech latency downstream.
+            return events + self._close(self._last_voiced_end, "silence")
         self._turn_ms += fm
         if self._turn_ms >= self.vad.max_turn_s * 1000:
             return events + self._close(t + fm / 1000, "max_length")

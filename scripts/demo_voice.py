@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Demo section "voice": spoken questions through the daemon's voice loop, end to end.
+
+What runs is exactly what `edged run` runs - ``VoiceLoop`` (ALSA capture, webrtcvad gate,
+playback) and ``LiveSession`` (the real google-genai SDK) with the ``search_knowledge`` tool -
+and only the outside world is simulated (edged/audio/harness.py):
+
+* the microphone is a virtual ALSA capture device (alsa-lib ``file`` plugin) whose input is a
+  FIFO fed one period at a time at **real time** by a pacer thread (PacedSource), with
+  espeak-ng speaking a Spanish and an English question into it;
+* the speaker is a virtual ALSA playback device drained at real time into a file
+  (demo-out/speaker.wav is what a listener would have heard);
+* Gemini Live is edged.sim (default assistant; scripted transcripts tell it what was said).
+
+Part 1: the two questions, each answered with a knowledge-tool lookup. Part 2: barge-in - the
+user talks over a long answer; playback stops and the new question is answered.
+
+``--real``: no simulation - the admin config's ALSA devices and Gemini (GEMINI_API_KEY); talk
+to it, Ctrl-C to stop. Exit 0 when the demo behaved, non-zero with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edged import speech
+from edged.audio import material as m
+from edged.audio.harness import VoiceRig, voice_rig
+from edged.audio.voice import TurnRecord
+from edged.events import Interrupted, ToolCallFinished, ToolCallStarted, Transcription
+from edged.sim import Reply, Rule, Scenario
+from edged.tools import Tool
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "demo-out"
+KNOWLEDGE = ROOT / "edged" / "data" / "knowledge"
+Q_ES = "¿Qué es la gobernanza en el contexto de MLOps?"
+Q_EN = "What does model governance mean in MLOps?"
+Q_STOP = "Wait, tell me about feature stores instead."
+WAIT_S = 120.0
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def knowledge_tool(workdir: Path) -> tuple[list[Tool], dict[str, dict[str, str]]]:
+    """Build the demo index with the real sync command; the tool if it is available."""
+    index = workdir / "index"
+    sync = shutil.which("edged-index-sync", path=str(Path(sys.executable).parent))
+    try:
+        from edged.knowledge.tool import make_search_tool
+    except ImportError:
+        print("(knowledge tool not available in this tree: answering without it)")
+        return [], {}
+    if sync is None:
+        raise DemoFailed("edged-index-sync is not installed in this venv (run scripts/bootstrap)")
+    run = subprocess.run([sync, "--config", "/dev/null", "--source", str(KNOWLEDGE),
+                          "--index-dir", str(index), "--state-dir", str(workdir / "sync")],
+                         capture_output=True, text=True, timeout=300)
+    print(f"index: {run.stdout.strip() or run.stderr.strip()}")
+    if run.returncode != 0:
+        raise DemoFailed(f"edged-index-sync failed (exit {run.returncode}): {run.stderr.strip()}")
+    extra = {"knowledge": {"index_dir": str(index)}}
+    from edged.config import Settings
+    return [make_search_tool(Settings.model_validate(extra))], extra
+
+
+async def narrate(rig: VoiceRig) -> None:
+    """Print what happens, as it happens: what the user said, tool calls, interruptions."""
+    pending: dict[str, str] = {"user": ""}
+    while True:
+        ev = await rig.events.get()
+        if isinstance(ev, Transcription) and ev.role == "user":
+            pending["user"] += ev.text
+            if ev.finished:
+                text, pending["user"] = pending["user"].strip(), ""
+                print(f"  user > {text}", flush=True)
+        elif isinstance(ev, ToolCallStarted):
+            print(f"  tool > {ev.name}({ev.args})", flush=True)
+        elif isinstance(ev, ToolCallFinished):
+            hit = (ev.result or {}).get("results") or [{}]
+            title = hit[0].get("title") if isinstance(hit[0], dict) else None
+            print(f"  tool < {ev.name} {'ok' if ev.ok else 'error: ' + str(ev.error)} "
+                  f"in {ev.duration_s * 1000:.0f} ms{f' (first hit: {title})' if title else ''}",
+                  flush=True)
+        elif isinstance(ev, Interrupted):
+            print("  [server: interrupted]", flush=True)
+
+
+def show(turn: TurnRecord) -> None:
+    if turn.model_text:
+        print(f"  model> {turn.model_text.strip()}", flush=True)
+    lat = turn.latencies()
+    parts = [f"{k.removesuffix('_ms').replace('_', ' ')} {v} ms" for k, v in lat.items()
+             if v is not None]
+    print(f"  turn {turn.id}: {turn.outcome}"
+          f"{' (' + turn.interrupted + ')' if turn.interrupted else ''}; " + ", ".join(parts),
+          flush=True)
+
+
+async def part(title: str, workdir: Path, scenario: Scenario, tools: list[Tool],
+               extra: dict[str, dict[str, str]], script: list[tuple[bytes, int]],
+               wav: Path) -> list[TurnRecord]:
+    """Play each (clip, turns) step into the mic and wait for that many finished turns."""
+    turns = sum(n for _, n in script)
+    print(f"\n--- {title} ---", flush=True)
+    async with voice_rig(workdir, scenario, speed=1.0, tools=tools, extra=extra) as rig:
+        narrator = asyncio.create_task(narrate(rig))
+        records: list[TurnRecord] = []
+        try:
+            for clip, n in script:
+                rig.mic.play(clip)
+                for _ in range(n):
+                    records.append(await rig.next_turn(WAIT_S))
+                    show(records[-1])
+            await asyncio.to_thread(rig.mic.play(m.silence(300)).done.wait, WAIT_S)
+        finally:
+            narrator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await narrator
+        speech.write_wav(wav, rig.speaker.data(), 24000)
+        print(f"  speaker: {len(rig.speaker.data()) / 48000:.1f} s written to "
+              f"{wav.relative_to(ROOT)}", flush=True)
+        wire = rig.wire()
+        starts = sum("activityStart" in b for b in wire)
+        ends = sum("activityEnd" in b for b in wire)
+        up = sum(len(b["audio"]["data"]) for b in wire if "audio" in b)
+        print(f"  wire: {starts} activityStart, {ends} activityEnd, {up / 32000:.1f} s of audio "
+              f"uplinked (local VAD: silence is never sent)", flush=True)
+        if starts != ends or starts != turns:
+            raise DemoFailed(f"expected {turns} bracketed turns on the wire, saw {starts}/{ends}")
+    return records
+
+
+async def simulated() -> None:
+    OUT.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edged-demo-voice-") as d:
+        workdir = Path(d)
+        tools, extra = knowledge_tool(workdir)
+        es, en = m.say(Q_ES, "es"), m.say(Q_EN)
+        records = await part(
+            "two spoken questions (Spanish, English), real-time microphone", workdir / "a",
+            Scenario.default(transcripts=[Q_ES, Q_EN]), tools, extra,
+            [(m.silence(600) + es + m.silence(1200), 1), (en + m.silence(1200), 1)],
+            OUT / "speaker.wav")
+        if [r.outcome for r in records] != ["played", "played"]:
+            raise DemoFailed(f"turns did not play out: {[r.outcome for r in records]}")
+        if tools and not all("search_knowledge" in r.tools for r in records):
+            raise DemoFailed("the knowledge tool was not called for both questions")
+        stop = m.say(Q_STOP)
+        long_answer = Scenario(
+            rules=[Rule(on="turn", turn=1, actions=[Reply(
+                "La gobernanza en MLOps abarca el registro de modelos, la trazabilidad de los "
+                "datos, las aprobaciones antes de desplegar, la monitorización continua y la "
+                "respuesta a incidentes. Cada modelo tiene un responsable, una ficha y un "
+                "historial de versiones que permite auditar cualquier decisión.")])],
+            transcripts=[Q_ES, Q_STOP])
+        # The user asks, listens ~2 s into the answer, then talks over it.
+        barge = await part(
+            "barge-in: the user talks over a long answer", workdir / "b", long_answer, [], {},
+            [(m.silence(600) + es + m.silence(700 + 600 + 2500) + stop + m.silence(1200), 2)],
+            OUT / "speaker-bargein.wav")
+        first = barge[0]
+        if first.interrupted != "barge_in":
+            raise DemoFailed(f"the long answer was not interrupted: {first.outcome}")
+        print(f"  barge-in: playback stopped {first.latencies()['interrupt_to_stop_ms']} ms after "
+              "the gate confirmed the user's speech; the rest of the answer was discarded",
+              flush=True)
+
+
+async def real() -> None:
+    """Same classes, real devices and Gemini: what `edged run` does, minus the daemon."""
+    from edged.audio.voice import VoiceLoop
+    from edged.config import load_settings
+    from edged.knowledge.tool import make_search_tool
+    from edged.live.session import LiveSession
+    from edged.tools import ToolRegistry
+
+    settings = load_settings()
+    if settings.api_key() is None:
+        raise DemoFailed("--real needs GEMINI_API_KEY (or gemini.api_key_file)")
+    registry = ToolRegistry(settings.tools.timeout_s)
+    registry.register(make_search_tool(settings))
+    live = LiveSession(settings, registry)
+    voice = VoiceLoop(settings, live, live.subscribe())
+    turns = voice.subscribe_turns()
+    print(f"talk now (capture {settings.audio.capture_device}, playback "
+          f"{settings.audio.playback_device}); Ctrl-C to stop")
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(live.run())
+        tg.create_task(voice.run())
+        while True:
+            show(await turns.get())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--real", action="store_true", help="real ALSA devices and Gemini")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log the voice loop (INFO)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(real() if args.real else simulated())
+    except DemoFailed as e:
+        print(f"demo_voice: FAILED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    print("\ndemo_voice: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
