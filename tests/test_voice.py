@@ -6,6 +6,7 @@ virtual speaker played. The room runs at 4x real time; bounds are in audio bytes
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -196,5 +197,15 @@ async def test_mute_closes_the_turn_and_sends_nothing(tmp_path: Path, es: bytes)
         ups = bracketed(rig.wire())
         assert rig.voice.status()["muted"] is True
         rig.voice.unmute()
+        new = rig.settings.model_copy(update={
+            "echo": rig.settings.echo.model_copy(update={"policy": "mute"}),
+            "vad": rig.settings.vad.model_copy(update={"aggressiveness": 3})})
+        rig.voice.apply_settings(new)
+        turn = await rig.next_turn(LIVENESS_S)      # the server still answers what was said
+        status = json.loads(json.dumps(rig.voice.status()))      # JSON-safe
     assert len(ups) == 1 and len(ups[0]) < len(es) * 2
     assert len(rig.wire()) <= n + 2     # at most a batch in flight and the activityEnd
+    assert status["muted"] is False and status["echo"]["policy"] == "mute"
+    assert status["vad"]["aggressiveness"] == 3 and rig.voice.gate.vad.aggressiveness == 3
+    assert status["capture"]["device"] == "edged_mic" and status["capture"]["error"] is None
+    assert turn.end_reason == "muted" and status["turns"][0]["end_reason"] == "muted"

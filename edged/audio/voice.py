@@ -145,6 +145,7 @@ class VoiceLoop:
             tg.create_task(self._sender(), name="voice-sender")
             tg.create_task(self._downlink(), name="voice-downlink")
             tg.create_task(self._playback_events(), name="voice-playback-events")
+            tg.create_task(self._reply_watchdog(), name="voice-reply-watchdog")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -380,6 +381,21 @@ class VoiceLoop:
                     self._finish(reply, "interrupted")
                 if self.state == "interrupted":
                     self._set_state("listening" if self._turn else "idle")
+
+    async def _reply_watchdog(self) -> None:
+        """Never stay 'thinking' forever: a reply that does not start within the session's
+        stall bound (the link dropped mid-turn, the server lost the turn) ends the turn."""
+        limit = self.settings.session.stall_timeout_s + 5.0
+        while True:
+            await asyncio.sleep(1.0)
+            reply = self._reply
+            if self.state == "thinking" and reply is not None \
+                    and reply.first_reply_audio is None and reply.activity_end_sent is not None \
+                    and now() - reply.activity_end_sent > limit:
+                log.warning("voice: no reply %.0f s after the end of turn %d; back to idle",
+                            limit, reply.id)
+                self._finish(reply, "no_reply")
+                self._set_state("idle")
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
