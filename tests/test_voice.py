@@ -191,7 +191,6 @@ async def test_mute_closes_the_turn_and_sends_nothing(tmp_path: Path, es: bytes)
         rig.mic.play(m.silence(500) + es + es + m.silence(1500))
         await poll_until(lambda: rig.voice.state == "listening", LIVENESS_S)
         rig.voice.mute()
-        n = len(rig.wire())
         await say(rig, m.silence(200))
         await poll_until(lambda: any("activityEnd" in b for b in rig.wire()), LIVENESS_S)
         ups = bracketed(rig.wire())
@@ -203,8 +202,9 @@ async def test_mute_closes_the_turn_and_sends_nothing(tmp_path: Path, es: bytes)
         rig.voice.apply_settings(new)
         turn = await rig.next_turn(LIVENESS_S)      # the server still answers what was said
         status = json.loads(json.dumps(rig.voice.status()))      # JSON-safe
-    assert len(ups) == 1 and len(ups[0]) < len(es) * 2
-    assert len(rig.wire()) <= n + 2     # at most a batch in flight and the activityEnd
+    # the turn was closed by mute: what went up is what had been captured before it, far
+    # less than the two questions spoken (nothing after activityEnd: bracketed() checks it)
+    assert len(ups) == 1 and len(ups[0]) < len(es)
     assert status["muted"] is False and status["echo"]["policy"] == "mute"
     assert status["vad"]["aggressiveness"] == 3 and rig.voice.gate.vad.aggressiveness == 3
     assert status["capture"]["device"] == "edged_mic" and status["capture"]["error"] is None
