@@ -15,8 +15,9 @@ ALSA API exactly as on the Pi (DESIGN.md §3). Four kinds of device:
 * ``add_paced_playback(name, ...)`` -> :class:`PacedSink`: a speaker that consumes at real time.
   The plugin's ``file`` is a FIFO shrunk to one page (4096 bytes, ~85 ms at 24 kHz): that pipe
   plays the role of the codec's hardware FIFO, so a blocked ``write`` paces playback and
-  ``drop()`` leaves at most one pipe of audio "in the air". The sink records every byte with
-  the time it was consumed, so tests can count what was played after an event.
+  ``drop()`` leaves at most one pipe of audio "in the air". A child process drains it and
+  records every byte with the time it was consumed, so tests can count what was played after
+  an event.
 
 Config loading: alsa-lib caches its configuration per process but re-reads it when the list of
 files or a file's inode/mtime changes. :meth:`VirtualAlsa.activate` sets ``ALSA_CONFIG_PATH``
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -63,6 +65,8 @@ class VirtualAlsa:
         self.asoundrc = self.dir / "asoundrc"
         self._pcms: dict[str, str] = {}
         self._threads: list[PacedSource | PacedSink] = []
+        self._activated = False
+        self._saved_env: str | None = None
         self._write()
 
     # --- devices --------------------------------------------------------------------------
@@ -105,13 +109,23 @@ class VirtualAlsa:
         return {"ALSA_CONFIG_PATH": self.config_path}
 
     def activate(self) -> None:
-        """Point this process's alsa-lib at the generated config (next open re-reads it)."""
+        """Point this process's alsa-lib at the generated config (next open re-reads it);
+        :meth:`close` restores the previous value."""
+        if not self._activated:
+            self._saved_env = os.environ.get("ALSA_CONFIG_PATH")
+            self._activated = True
         os.environ["ALSA_CONFIG_PATH"] = self.config_path
 
     def close(self) -> None:
         for t in self._threads:
             t.close()
         self._threads.clear()
+        if self._activated:
+            self._activated = False
+            if self._saved_env is None:
+                os.environ.pop("ALSA_CONFIG_PATH", None)
+            else:
+                os.environ["ALSA_CONFIG_PATH"] = self._saved_env
 
     def __enter__(self) -> VirtualAlsa:
         self.activate()
@@ -303,7 +317,12 @@ def _sink_main(fifo: str, out: str, marks: str, speed: str, rate: str) -> None:
         print("ready", flush=True)
         total = 0
         deadline = time.monotonic()
+        parent = os.getppid()
         while True:
+            if not select.select([fd], [], [], 0.5)[0]:
+                if os.getppid() != parent:     # the test/demo died: don't linger
+                    return
+                continue
             chunk = os.read(fd, 480)          # 10 ms at 24 kHz
             now = time.monotonic()
             total += len(chunk)
