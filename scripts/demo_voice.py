@@ -172,9 +172,12 @@ async def simulated() -> None:
         first = barge[0]
         if first.interrupted != "barge_in":
             raise DemoFailed(f"the long answer was not interrupted: {first.outcome}")
-        print(f"  barge-in: playback stopped {first.latencies()['interrupt_to_stop_ms']} ms after "
-              "the gate confirmed the user's speech; the rest of the answer was discarded",
-              flush=True)
+        onset = barge[1].speech_start
+        from_onset = (f"{(first.playback_stopped - onset) * 1000:.0f} ms after the user started "
+                      "talking, " if first.playback_stopped and onset else "")
+        print(f"  barge-in: playback stopped {from_onset}"
+              f"{first.latencies()['interrupt_to_stop_ms']} ms after the gate confirmed the "
+              "speech (echo guard); the rest of the answer was discarded", flush=True)
 
 
 async def real() -> None:
