@@ -26,6 +26,10 @@ Q_EN = "What is a feature store?"
 # but already handed to the virtual codec here), one 10 ms period being written, the virtual
 # codec FIFO (85 ms) and the event's trip through the loop (a few ms, x4 in this fast room).
 STOP_BOUND_BYTES = 400 * OUT_BYTES_PER_MS
+# After the server's `interrupted`, add the hop from the Live receive loop to the flush: on a
+# busy 2-core machine up to ~150 ms of wall time, i.e. 600 ms of audio in this 4x room. Still
+# far below the 7+ s of answer that would play on without the flush.
+SERVER_STOP_BOUND_BYTES = STOP_BOUND_BYTES + 600 * OUT_BYTES_PER_MS
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +146,7 @@ async def test_server_interrupted_stops_playback_at_once(tmp_path: Path, es: byt
         after = rig.speaker.bytes_after(t1.interrupted_at) - t2.reply_bytes
         heard = len(rig.speaker.data()) - t2.reply_bytes
     assert t2.outcome == "played" and t2.user_text == Q_EN
-    assert after <= STOP_BOUND_BYTES, f"{after / OUT_BYTES_PER_MS:.0f} ms played after"
+    assert after <= SERVER_STOP_BOUND_BYTES, f"{after / OUT_BYTES_PER_MS:.0f} ms played after"
     assert heard < 8000 * OUT_BYTES_PER_MS / 2
 
 
