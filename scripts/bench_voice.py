@@ -114,7 +114,7 @@ def uplinked(sim: LiveSimulator) -> int:
 
 
 def first_sound_after(sink: PacedSink, t: float) -> float | None:
-    for mt, _ in sink._read_marks():
+    for mt, _ in sink.marks_list():
         if mt > t:
             return mt
     return None
@@ -123,7 +123,7 @@ def first_sound_after(sink: PacedSink, t: float) -> float | None:
 def silent_from(sink: PacedSink, t: float, gap_s: float = 0.04) -> float | None:
     """When the speaker went quiet after ``t``: the last read before a >= 40 ms gap."""
     prev = None
-    for mt, _ in sink._read_marks():
+    for mt, _ in sink.marks_list():
         if mt < t:
             continue
         if prev is not None and mt - prev >= gap_s:

@@ -277,14 +277,15 @@ class PacedSink:
     def data(self) -> bytes:
         return self.out.read_bytes()
 
-    def _read_marks(self) -> list[tuple[float, int]]:
+    def marks_list(self) -> list[tuple[float, int]]:
+        """Every read so far: (monotonic time, total bytes consumed), in order."""
         raw = self.marks.read_bytes()
         n = len(raw) // _MARK.size
         return [_MARK.unpack_from(raw, i * _MARK.size) for i in range(n)]
 
     def bytes_after(self, t: float) -> int:
         """Bytes the speaker consumed after monotonic time ``t``."""
-        marks = self._read_marks()
+        marks = self.marks_list()
         before = 0
         for mt, total in marks:
             if mt > t:
@@ -293,7 +294,7 @@ class PacedSink:
         return (marks[-1][1] if marks else 0) - before
 
     def last_sound_at(self) -> float | None:
-        marks = self._read_marks()
+        marks = self.marks_list()
         return marks[-1][0] if marks else None
 
     def close(self) -> None:
