@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-out"
 KNOWLEDGE = ROOT / "edged" / "data" / "knowledge"
 Q_ES = "¿Qué es la gobernanza en el contexto de MLOps?"
-Q_EN = "What does model governance mean in MLOps?"
+Q_EN = "What is a model registry used for in MLOps?"
 Q_STOP = "Wait, tell me about feature stores instead."
 WAIT_S = 120.0
 

@@ -52,8 +52,8 @@ async def test_text_chat_keeps_the_conversation_across_a_drop_between_turns(
         rc = await asyncio.wait_for(chat, LIVENESS_S)
     text = out.getvalue()
     assert rc == 0
-    assert "Model> Has dicho: «Me llamo Ana». Recuerdo 0 turnos anteriores." in text
-    assert "Model> Has dicho: «¿Cómo me llamo?». Recuerdo 1 turnos anteriores. " \
+    assert "Model> Has dicho: «Me llamo Ana». Turnos anteriores que recuerdo: 0." in text
+    assert "Model> Has dicho: «¿Cómo me llamo?». Turnos anteriores que recuerdo: 1. " \
            "Te llamas Ana." in text
     assert sim.connections[0].closed_by == "drop"
     assert sim.connections[1].resumed_handle is not None

@@ -140,13 +140,13 @@ async def test_abrupt_drop_between_turns_resumes_with_handle_and_keeps_context()
     async with LiveSimulator(scenario) as sim, running(settings_for(sim)) as live:
         q = live.subscribe()
         await live.wait_ready(LIVENESS_S)
-        assert "Recuerdo 0" in await ask(live, q, "Me llamo Ana")
+        assert "que recuerdo: 0." in await ask(live, q, "Me llamo Ana")
         await sim.wait_for(lambda s: len(s.connections) == 2, LIVENESS_S)
         reply = await ask(live, q, "¿Cómo me llamo?")
         status = live.status()
     assert sim.connections[0].closed_by == "drop"
     assert sim.connections[1].resumed_handle is not None
-    assert "Te llamas Ana" in reply and "Recuerdo 1" in reply
+    assert "Te llamas Ana" in reply and "que recuerdo: 1." in reply
     assert status["reconnects_by_code"] == {"1006": 1}
     assert status["last_close_code"] == 1006
 
@@ -162,7 +162,7 @@ async def test_drop_during_a_turn_resends_the_question_on_the_resumed_session() 
     texts = [m["clientContent"]["turns"][-1]["parts"][0]["text"]
              for i, m in sim.messages("clientContent") if i == 1]
     assert texts == ["¿Sigues ahí?"]
-    assert "Recuerdo 1" in reply and "Te llamas Ana" in reply
+    assert "que recuerdo: 1." in reply and "Te llamas Ana" in reply
 
 
 async def test_refused_handle_starts_a_fresh_session_seeded_with_text_history() -> None:

@@ -125,7 +125,7 @@ async def test_audio_reply_is_24k_pcm_with_transcript(sim: LiveSimulator) -> Non
     assert np.sqrt(np.mean(x * x)) > 300              # not silence
     said = "".join(m.server_content.output_transcription.text for m in msgs
                    if m.server_content and m.server_content.output_transcription)
-    assert said == "Has dicho: «hola». Recuerdo 0 turnos anteriores."
+    assert said == "Has dicho: «hola». Turnos anteriores que recuerdo: 0."
 
 
 TOOL_SCENARIO = Scenario(speed=50, rules=[Rule(match="docs", actions=[
@@ -213,7 +213,7 @@ async def test_resumption_restores_history_and_rejects_unknown_handle(
     async with client.aio.live.connect(model=MODEL, config=resume) as session:
         await session.send_client_content(turns=user("¿Cómo me llamo?"))
         text = "".join(m.text for m in await one_turn(session) if m.text)
-    assert "Recuerdo 1 turnos" in text and "Te llamas Ana" in text
+    assert "Turnos anteriores que recuerdo: 1." in text and "Te llamas Ana" in text
     assert sim.connections[1].resumed_handle == last_handle(msgs)
     assert sim.connections[1].session_id == sim.connections[0].session_id
     bogus = types.LiveConnectConfig(session_resumption=types.SessionResumptionConfig(

@@ -149,7 +149,7 @@ async def test_history_seeding_does_not_generate_and_counts_in_memory() -> None:
                 types.Content(role="model", parts=[types.Part(text="Hola Luis")])])
             await session.send_realtime_input(text="¿Quién soy?")
             text = "".join(m.text for m in await read_until(session, turn_done) if m.text)
-    assert "Recuerdo 1 turnos anteriores. Te llamas Luis." in text
+    assert "Turnos anteriores que recuerdo: 1. Te llamas Luis." in text
     assert len(sim.sessions[sim.connections[0].session_id].history) == 4
 
 

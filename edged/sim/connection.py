@@ -505,8 +505,8 @@ class Connection:
                         f"Según el documento «{title}» ({src}): {snippet}")
             return await self.say(text, 3, None)
         n = ctx.history_turns
-        text = (f"You said: «{short}». I remember {n} earlier turns." if en else
-                f"Has dicho: «{short}». Recuerdo {n} turnos anteriores.")
+        text = (f"You said: «{short}». Earlier turns I remember: {n}." if en else
+                f"Has dicho: «{short}». Turnos anteriores que recuerdo: {n}.")
         name = remembered_name(ctx.session.history[:-1])
         if name:
             text += f" You are {name}." if en else f" Te llamas {name}."
