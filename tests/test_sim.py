@@ -407,3 +407,12 @@ async def test_parallel_tool_calls_need_every_response(sim: LiveSimulator) -> No
         text = "".join(m.text for m in await one_turn(session) if m.text)
     assert json.loads(text) == {"r": "b"}
     assert sim.errors == []
+
+
+def test_certificates_are_reused_while_valid(tmp_path: Any) -> None:
+    """A second simulator start reuses the CA (clients keep trusting it) instead of crashing."""
+    from edged.sim import wire
+
+    first = wire.ensure_certs(tmp_path)
+    pem = first[0].read_bytes()
+    assert wire.ensure_certs(tmp_path) == first and first[0].read_bytes() == pem

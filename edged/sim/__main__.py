@@ -37,6 +37,7 @@ async def _serve(sim: LiveSimulator) -> None:
         print(f"CA certificate: {sim.ca_file}", flush=True)
         print("client config (edged.toml):", flush=True)
         print(f'  [gemini]\n  base_url = "{sim.base_url}"\n  ca_file = "{sim.ca_file}"', flush=True)
+        print("and any API key, e.g. GEMINI_API_KEY=test (the simulator checks none)", flush=True)
         print(f"or environment: SSL_CERT_FILE={sim.ca_file} NO_PROXY=127.0.0.1,localhost",
               flush=True)
         await stop.wait()
