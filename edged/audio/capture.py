@@ -94,13 +94,6 @@ class Capture:
             return False
         return True
 
-    def _fail(self, what: str, err: Exception) -> None:
-        msg = f"{what} {self.settings.capture_device!r}: {err}"
-        if self.health.failed(msg):
-            log.warning("capture: %s (retrying with backoff)", msg)
-        else:
-            log.debug("capture: %s (again)", msg)
-
     def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_cap_s)
         device, period_ms = self.settings.capture_device, self.settings.period_ms
@@ -109,7 +102,7 @@ class Capture:
             try:
                 pcm = open_capture(device, period_ms)
             except alsaaudio.ALSAAudioError as e:
-                self._fail("cannot open capture device", e)
+                self.health.failed(log, "cannot open capture device", e)
                 if not backoff.wait(self._stop, self.health):
                     break
                 continue
@@ -118,7 +111,7 @@ class Capture:
             try:
                 self._read_loop(pcm, loop, backoff)
             except alsaaudio.ALSAAudioError as e:
-                self._fail("capture device failed", e)
+                self.health.failed(log, "capture device failed", e)
             finally:
                 with contextlib.suppress(alsaaudio.ALSAAudioError):
                     pcm.close()

@@ -8,6 +8,7 @@ again. A device that has been working for a while resets the delay.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from dataclasses import dataclass, field
@@ -31,12 +32,16 @@ class DeviceHealth:
     retry_in_s: float | None = None
     _opened_once: bool = field(default=False, repr=False)
 
-    def failed(self, msg: str) -> bool:
-        """Record a failure; True if it differs from the last one (worth a WARNING line)."""
+    def failed(self, log: logging.Logger, what: str, err: Exception) -> None:
+        """Record a failure and log it: WARNING when it differs from the last one, DEBUG when
+        it repeats, so a device that stays missing does not flood the journal."""
+        msg = f"{what} {self.device!r}: {err}"
         self.failures += 1
-        new = msg != self.last_error
+        if msg != self.last_error:
+            log.warning("%s (retrying with backoff)", msg)
+        else:
+            log.debug("%s (again)", msg)
         self.error = self.last_error = msg
-        return new
 
     def opened(self) -> None:
         if self._opened_once:

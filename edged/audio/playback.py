@@ -182,7 +182,7 @@ class Playback:
             try:
                 pcm = open_playback(device, self.settings.playback_buffer_ms)
             except alsaaudio.ALSAAudioError as e:
-                self._fail("cannot open playback device", e)
+                self.health.failed(log, "cannot open playback device", e)
                 if not backoff.wait(self._stop, self.health):
                     break
                 continue
@@ -192,7 +192,7 @@ class Playback:
             try:
                 self._write_loop(pcm, backoff)
             except alsaaudio.ALSAAudioError as e:
-                self._fail("playback device failed", e)
+                self.health.failed(log, "playback device failed", e)
                 if self.flush():
                     with self._cond:
                         self._drop = False
@@ -239,9 +239,3 @@ class Playback:
                     backoff.reset()
                     self.health.failures = 0
 
-    def _fail(self, what: str, err: Exception) -> None:
-        msg = f"{what} {self.settings.playback_device!r}: {err}"
-        if self.health.failed(msg):
-            log.warning("playback: %s (retrying with backoff)", msg)
-        else:
-            log.debug("playback: %s (again)", msg)
