@@ -34,7 +34,7 @@ from edged.events import (
 )
 from edged.live import LiveConfigError, LiveSession, LiveUnavailable
 from edged.speech import write_wav
-from edged.tools import ToolRegistry
+from edged.tools import ToolRegistry, device_tools
 
 REPLY_RATE = 24000
 REPLY_TIMEOUT_S = 120.0   # a reply that never completes (even across reconnects) ends the turn
@@ -145,6 +145,6 @@ def main(args: argparse.Namespace) -> int:
     async def go() -> int:
         lines = _stdin_lines(asyncio.get_running_loop(), sys.stdin)
         return await run_chat(settings, lines, sys.stdout, args.wav_dir,
-                              echo_input=not sys.stdin.isatty())
+                              tools=device_tools(settings), echo_input=not sys.stdin.isatty())
 
     return asyncio.run(go())

@@ -66,7 +66,7 @@ from edged.logs import (
 )
 from edged.metrics import Metrics, Snapshot
 from edged.notify import Notifier, watchdog_interval
-from edged.tools import ToolRegistry
+from edged.tools import ToolRegistry, device_tools
 
 log = logging.getLogger("edged.daemon")
 
@@ -330,8 +330,7 @@ class Daemon:
 
     async def _open_index(self) -> None:
         try:
-            from edged.knowledge.tool import make_search_tool
-            self.tools.register(make_search_tool(self.settings))
+            self.tools = device_tools(self.settings)
         except Exception as e:
             self._tool_error = f"search tool unavailable: {type(e).__name__}: {e}"
             log.warning("knowledge: %s", self._tool_error, extra={"EDGED_EVENT": EV_ERROR})

@@ -184,16 +184,13 @@ async def real() -> None:
     """Same classes, real devices and Gemini: what `edged run` does, minus the daemon."""
     from edged.audio.voice import VoiceLoop
     from edged.config import load_settings
-    from edged.knowledge.tool import make_search_tool
     from edged.live.session import LiveSession
-    from edged.tools import ToolRegistry
+    from edged.tools import device_tools
 
     settings = load_settings()
     if settings.api_key() is None:
         raise DemoFailed("--real needs GEMINI_API_KEY (or gemini.api_key_file)")
-    registry = ToolRegistry(settings.tools.timeout_s)
-    registry.register(make_search_tool(settings))
-    live = LiveSession(settings, registry)
+    live = LiveSession(settings, device_tools(settings))
     voice = VoiceLoop(settings, live, live.subscribe())
     turns = voice.subscribe_turns()
     print(f"talk now (capture {settings.audio.capture_device}, playback "

@@ -94,7 +94,12 @@ async def test_edged_chat_command_with_piped_stdin(tmp_path: Path) -> None:
             stderr=asyncio.subprocess.PIPE, env=env)
         stdout, stderr = await asyncio.wait_for(
             proc.communicate("Me llamo Ana\n¿Cómo me llamo?\n".encode()), 60)
+        setup = sim.connections[0].setup
     out = stdout.decode()
     assert proc.returncode == 0, stderr.decode()
     assert "User> Me llamo Ana\nModel> Has dicho: «Me llamo Ana»" in out
     assert "Te llamas Ana" in out
+    # the same tools as the daemon: the system instruction asks the model to use this one
+    declared = [f["name"] for t in setup.get("tools", [])
+                for f in t.get("functionDeclarations", [])]
+    assert declared == ["search_knowledge"]
