@@ -195,11 +195,12 @@ async def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         lines = [(await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-                 for _ in range(7)]
+                 for _ in range(8)]
         base_url = lines[0].split()[-1]
         ca = lines[1].split()[-1]
         assert f'base_url = "{base_url}"' in lines[4] and f'ca_file = "{ca}"' in lines[5]
-        assert f"SSL_CERT_FILE={ca}" in lines[6]
+        assert "GEMINI_API_KEY=test" in lines[6]
+        assert f"SSL_CERT_FILE={ca}" in lines[7]
         client = client_for(base_url, ssl.create_default_context(cafile=ca), "cli-secret-key")
         config = types.LiveConnectConfig(response_modalities=["TEXT"])
         async with client.aio.live.connect(model=MODEL, config=config) as session:
