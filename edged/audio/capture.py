@@ -15,7 +15,6 @@ A device that cannot do 16 kHz mono natively is opened through ALSA's plug layer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import alsaaudio
 
-from edged.audio.device import Backoff, DeviceHealth
+from edged.audio.device import Backoff, DeviceHealth, keep_open
 from edged.config import AudioSettings
 from edged.events import AudioFrame
 
@@ -97,27 +96,13 @@ class Capture:
     def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_cap_s)
         device, period_ms = self.settings.capture_device, self.settings.period_ms
-        while not self._stop.is_set():
-            self.health.state = "opening"
-            try:
-                pcm = open_capture(device, period_ms)
-            except alsaaudio.ALSAAudioError as e:
-                self.health.failed(log, "cannot open capture device", e)
-                if not backoff.wait(self._stop, self.health):
-                    break
-                continue
-            self.health.opened()
+
+        def serve(pcm: alsaaudio.PCM) -> None:
             log.info("capture: %s open (16 kHz mono, %d ms periods)", device, period_ms)
-            try:
-                self._read_loop(pcm, loop, backoff)
-            except alsaaudio.ALSAAudioError as e:
-                self.health.failed(log, "capture device failed", e)
-            finally:
-                with contextlib.suppress(alsaaudio.ALSAAudioError):
-                    pcm.close()
-            if not self._stop.is_set() and not backoff.wait(self._stop, self.health):
-                break
-        self.health.state = "stopped"
+            self._read_loop(pcm, loop, backoff)
+
+        keep_open("capture", self._stop, self.health, backoff, log,
+                  lambda: open_capture(device, period_ms), serve)
 
     def _read_loop(self, pcm: alsaaudio.PCM, loop: asyncio.AbstractEventLoop,
                    backoff: Backoff) -> None:

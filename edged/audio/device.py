@@ -8,11 +8,15 @@ again. A device that has been working for a while resets the delay.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import alsaaudio
 
 DeviceState = Literal["stopped", "opening", "running", "retrying"]
 
@@ -80,3 +84,33 @@ class Backoff:
         health.state = "retrying"
         health.retry_in_s = round(delay, 2)
         return not stop.wait(delay)
+
+
+def keep_open(role: str, stop: threading.Event, health: DeviceHealth, backoff: Backoff,
+              log: logging.Logger, open_pcm: Callable[[], alsaaudio.PCM],
+              serve: Callable[[alsaaudio.PCM], None],
+              on_failure: Callable[[], None] | None = None) -> None:
+    """The recovery loop capture and playback threads both run until ``stop``: open the
+    device, ``serve`` it until it fails, close it, back off, open it again."""
+    while not stop.is_set():
+        health.state = "opening"
+        try:
+            pcm = open_pcm()
+        except alsaaudio.ALSAAudioError as e:
+            health.failed(log, f"cannot open {role} device", e)
+            if not backoff.wait(stop, health):
+                break
+            continue
+        health.opened()
+        try:
+            serve(pcm)
+        except alsaaudio.ALSAAudioError as e:
+            health.failed(log, f"{role} device failed", e)
+            if on_failure is not None:
+                on_failure()
+        finally:
+            with contextlib.suppress(alsaaudio.ALSAAudioError):
+                pcm.close()
+        if not stop.is_set() and not backoff.wait(stop, health):
+            break
+    health.state = "stopped"

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import alsaaudio
 
-from edged.audio.device import Backoff, DeviceHealth
+from edged.audio.device import Backoff, DeviceHealth, keep_open
 from edged.config import AudioSettings
 
 log = logging.getLogger(__name__)
@@ -177,33 +177,23 @@ class Playback:
     def _thread_main(self) -> None:
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_cap_s)
         device = self.settings.playback_device
-        while not self._stop.is_set():
-            self.health.state = "opening"
-            try:
-                pcm = open_playback(device, self.settings.playback_buffer_ms)
-            except alsaaudio.ALSAAudioError as e:
-                self.health.failed(log, "cannot open playback device", e)
-                if not backoff.wait(self._stop, self.health):
-                    break
-                continue
-            self.health.opened()
+
+        def serve(pcm: alsaaudio.PCM) -> None:
             log.info("playback: %s open (24 kHz mono, %d ms buffer)", device,
                      self.settings.playback_buffer_ms)
-            try:
-                self._write_loop(pcm, backoff)
-            except alsaaudio.ALSAAudioError as e:
-                self.health.failed(log, "playback device failed", e)
-                if self.flush():
-                    with self._cond:
-                        self._drop = False
-                        self._active = False
-                    self._emit("flushed")
-            finally:
-                with contextlib.suppress(alsaaudio.ALSAAudioError):
-                    pcm.close()
-            if not self._stop.is_set() and not backoff.wait(self._stop, self.health):
-                break
-        self.health.state = "stopped"
+            self._write_loop(pcm, backoff)
+
+        def discard_reply() -> None:
+            """The rest of the reply is lost with the device; say so like a flush does."""
+            if self.flush():
+                with self._cond:
+                    self._drop = False
+                    self._active = False
+                self._emit("flushed")
+
+        keep_open("playback", self._stop, self.health, backoff, log,
+                  lambda: open_playback(device, self.settings.playback_buffer_ms), serve,
+                  discard_reply)
 
     def _write_loop(self, pcm: alsaaudio.PCM, backoff: Backoff) -> None:
         opened_at = time.monotonic()
