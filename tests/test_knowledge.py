@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import json
 import re
 import sqlite3
@@ -32,7 +31,7 @@ from edged.knowledge.status import index_status
 from edged.knowledge.store import FTS_TOKENIZER
 from edged.knowledge.sync import run_sync, sync_and_record
 from edged.knowledge.tool import make_search_tool
-from edged.sim.wire import ensure_certs, server_ssl_context
+from edged.sim import LiveSimulator
 from edged.tools import ToolRegistry
 
 DEMO_QUESTION = "¿Qué es la gobernanza en el contexto de MLOps?"
@@ -313,53 +312,34 @@ def test_missing_local_model_error_names_path_and_fix(tmp_path: Path) -> None:
     assert "make embedder" in str(e.value)
 
 
-class _EmbedHandler(http.server.BaseHTTPRequestHandler):
-    requests: list[dict[str, Any]] = []   # noqa: RUF012 - per-test server, reset by fixture
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append({"path": self.path, "body": body,
-                              "key": self.headers.get("x-goog-api-key")})
-        n = len(body.get("requests", [])) or 1
-        dims = (body.get("requests") or [body])[0].get("outputDimensionality", 8)
-        vals = [[float(i + 1)] * dims for i in range(n)]
-        out = json.dumps({"embeddings": [{"values": v} for v in vals]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-async def test_gemini_embedder_sends_task_type_and_dimensionality(tmp_path: Path) -> None:
-    ca, cert, key = ensure_certs(tmp_path / "certs")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EmbedHandler)
-    server.socket = server_ssl_context(cert, key).wrap_socket(server.socket, server_side=True)
-    _EmbedHandler.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+async def test_gemini_embedder_sends_task_type_and_dimensionality() -> None:
+    """The real SDK's embed_content request path, against the simulator's REST side."""
+    async with LiveSimulator() as sim:
         emb = GeminiEmbedder("gemini-embedding-001", 64, "test-key-not-real",
-                             base_url=f"https://127.0.0.1:{server.server_port}", ca_file=ca)
+                             base_url=sim.rest_base_url, ca_file=sim.ca_file)
         docs = await emb.embed(["uno", "dos", "tres"], "document")
         query = await emb.embed(["¿qué es la gobernanza?"], "query")
-    finally:
-        server.shutdown()
-        server.server_close()
+        again = await emb.embed(["dos"], "document")
+        first, second, _ = sim.rest_requests
     assert docs.shape == (3, 64) and query.shape == (1, 64)
     assert np.allclose(np.linalg.norm(docs, axis=1), 1.0)
-    first, second = _EmbedHandler.requests
-    assert first["path"].endswith("/models/gemini-embedding-001:batchEmbedContents")
-    assert first["key"] == "test-key-not-real"
-    reqs = first["body"]["requests"]
+    assert np.allclose(again[0], docs[1])          # same text, same vector
+    assert first.path.endswith("/models/gemini-embedding-001:batchEmbedContents")
+    assert first.api_key_present
+    reqs = first.body["requests"]
     assert [r["content"]["parts"][0]["text"] for r in reqs] == ["uno", "dos", "tres"]
     assert {r["taskType"] for r in reqs} == {"RETRIEVAL_DOCUMENT"}
     assert {r["outputDimensionality"] for r in reqs} == {64}
-    assert second["body"]["requests"][0]["taskType"] == "RETRIEVAL_QUERY"
+    assert second.body["requests"][0]["taskType"] == "RETRIEVAL_QUERY"
     assert emb.name == "gemini:gemini-embedding-001:64"
+
+
+async def test_gemini_embedder_failure_is_an_embedder_error() -> None:
+    async with LiveSimulator() as sim:
+        emb = GeminiEmbedder("gemini-embedding-001", 64, "k", base_url=sim.rest_base_url + "/x",
+                             ca_file=sim.ca_file)
+        with pytest.raises(EmbedderError, match="gemini embedding failed"):
+            await emb.embed(["uno"], "document")
 
 
 # --- the real local model on the sample knowledge base --------------------------------------

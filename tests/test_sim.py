@@ -416,3 +416,33 @@ def test_certificates_are_reused_while_valid(tmp_path: Any) -> None:
     first = wire.ensure_certs(tmp_path)
     pem = first[0].read_bytes()
     assert wire.ensure_certs(tmp_path) == first and first[0].read_bytes() == pem
+
+
+@pytest.mark.parametrize("path, body, headers, code", [
+    ("/v1beta/models/m:embedContent", b'{"content": {"parts": [{"text": "hola"}]}}', {}, 403),
+    ("/v1beta/models/m:embedContent", b"{not json", {"x-goog-api-key": "k"}, 400),
+    ("/v1beta/models/m:batchEmbedContents", b'{"requests": []}', {"x-goog-api-key": "k"}, 400),
+    ("/v1beta/models/m:generateContent", b"{}", {"x-goog-api-key": "k"}, 404),
+])
+async def test_rest_side_refuses_bad_requests_like_google(path: str, body: bytes,
+                                                          headers: dict[str, str],
+                                                          code: int) -> None:
+    """Bad REST calls get Google's error shape and status; the simulator keeps serving."""
+    import urllib.error
+    import urllib.request
+
+    async with LiveSimulator() as sim:
+        req = urllib.request.Request(sim.rest_base_url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            await asyncio.to_thread(urllib.request.urlopen, req,
+                                    context=sim.client_ssl_context(), timeout=10)
+        assert e.value.code == code
+        assert json.loads(e.value.read())["error"]["code"] == code
+        ok = urllib.request.Request(
+            sim.rest_base_url + "/v1beta/models/m:embedContent", method="POST",
+            data=b'{"content": {"parts": [{"text": "hola"}]}, "outputDimensionality": 8}',
+            headers={"x-goog-api-key": "k"})
+        with await asyncio.to_thread(urllib.request.urlopen, ok,
+                                     context=sim.client_ssl_context(), timeout=10) as r:
+            assert len(json.loads(r.read())["embedding"]["values"]) == 8

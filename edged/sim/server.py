@@ -25,6 +25,7 @@ from websockets.http11 import Request, Response
 
 from edged.sim import wire
 from edged.sim.connection import Connection
+from edged.sim.rest import RestEndpoint, RestRequest
 from edged.sim.scenario import Action, Rule, Scenario
 from edged.sim.state import ConnectionRecord, SessionState
 
@@ -55,13 +56,17 @@ class LiveSimulator:
         self._ids = itertools.count(1)
         self._transcript_index = 0
         self._server: Server | None = None
+        self._rest: RestEndpoint | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        tls = wire.server_ssl_context(self._cert_file, self._key_file)
+        self._rest = RestEndpoint(self.host, tls)
+        await self._rest.start()
         self._server = await serve(
             self._handle, self.host, self.port,
-            ssl=wire.server_ssl_context(self._cert_file, self._key_file),
+            ssl=tls,
             process_request=self._check_path, ping_interval=None, close_timeout=2,
             max_size=16 * 2**20,
         )
@@ -75,6 +80,8 @@ class LiveSimulator:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._rest is not None:
+            await self._rest.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -89,6 +96,16 @@ class LiveSimulator:
     @property
     def base_url(self) -> str:
         return f"https://{self.host}:{self.port}"
+
+    @property
+    def rest_base_url(self) -> str:
+        """Where the REST calls (embeddings) go; see ``edged.sim.rest`` for why it differs."""
+        assert self._rest is not None, "start the simulator first"
+        return f"https://{self.host}:{self._rest.port}"
+
+    @property
+    def rest_requests(self) -> list[RestRequest]:
+        return self._rest.requests if self._rest is not None else []
 
     def client_ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
