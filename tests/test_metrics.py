@@ -12,7 +12,7 @@ from edged.config import MetricsSettings
 from edged.metrics import Metrics, Snapshot
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def prom_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
@@ -33,7 +33,7 @@ def _filled() -> Metrics:
 
 
 def test_exposition_parses_and_has_the_numbers() -> None:
-    s = _samples(_filled().render())
+    s = prom_samples(_filled().render())
     assert s[("edged_turn_latency_seconds_count", (("kind", "voice"),))] == 2
     assert s[("edged_turn_latency_seconds_bucket", (("kind", "voice"), ("le", "1.0")))] == 1
     assert s[("edged_turn_latency_seconds_sum", (("kind", "voice"),))] == 3.1
@@ -56,12 +56,12 @@ def test_textfile_is_written_atomically(tmp_path: Path) -> None:
     path = tmp_path / "textfile" / "edged.prom"
     m = _filled()
     m.write_textfile(path)
-    assert _samples(path.read_text())[("edged_index_docs", ())] == 2
+    assert prom_samples(path.read_text())[("edged_index_docs", ())] == 2
     inode = path.stat().st_ino
     m.snapshot = Snapshot(index_docs=5)
     m.write_textfile(path)
     assert path.stat().st_ino != inode             # replaced by rename, never rewritten in place
-    assert _samples(path.read_text())[("edged_index_docs", ())] == 5
+    assert prom_samples(path.read_text())[("edged_index_docs", ())] == 5
     assert [p.name for p in path.parent.iterdir()] == ["edged.prom"]   # no temp files left
 
 

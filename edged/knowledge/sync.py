@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
 from edged.config import ConfigError, Settings, load_settings
 from edged.knowledge import store
 from edged.knowledge.chunking import DocumentError, ParsedDoc, kind_of, parse
@@ -384,47 +386,42 @@ def _write_outputs(settings: Settings, result: SyncResult) -> None:
     prom = settings.sync.prom_textfile
     if prom is None:
         return
-    ts = datetime.fromisoformat(result.time).timestamp()
-    lines = [
-        "# HELP edged_index_sync_last_run_timestamp_seconds Start time of the last sync run.",
-        "# TYPE edged_index_sync_last_run_timestamp_seconds gauge",
-        f"edged_index_sync_last_run_timestamp_seconds {ts:.0f}",
-        "# HELP edged_index_sync_exit_code Exit code of the last sync run (0 ok).",
-        "# TYPE edged_index_sync_exit_code gauge",
-        f"edged_index_sync_exit_code {result.exit_code}",
-        "# HELP edged_index_sync_duration_seconds Duration of the last sync run.",
-        "# TYPE edged_index_sync_duration_seconds gauge",
-        f"edged_index_sync_duration_seconds {result.duration_s}",
-        "# HELP edged_index_sync_documents Documents by outcome in the last sync run.",
-        "# TYPE edged_index_sync_documents gauge",
-        *(f'edged_index_sync_documents{{outcome="{k}"}} {getattr(result, k)}'
-          for k in ("added", "changed", "removed", "unchanged", "skipped")),
-        "# HELP edged_index_sync_chunks_embedded Chunks embedded by the last sync run.",
-        "# TYPE edged_index_sync_chunks_embedded gauge",
-        f"edged_index_sync_chunks_embedded {result.chunks_embedded}",
-        "# HELP edged_index_generation Live index generation.",
-        "# TYPE edged_index_generation gauge",
-        f"edged_index_generation {result.generation or 0}",
-        "# HELP edged_index_documents Documents in the live index.",
-        "# TYPE edged_index_documents gauge",
-        f"edged_index_documents {result.documents}",
-        "# HELP edged_index_chunks Chunks in the live index.",
-        "# TYPE edged_index_chunks gauge",
-        f"edged_index_chunks {result.chunks}",
-        "# HELP edged_index_db_bytes Size of the live index file.",
-        "# TYPE edged_index_db_bytes gauge",
-        f"edged_index_db_bytes {result.db_bytes}",
-    ]
-    if result.last_success:
-        ok_ts = datetime.fromisoformat(result.last_success).timestamp()
-        lines += ["# HELP edged_index_sync_last_success_timestamp_seconds Last successful run.",
-                  "# TYPE edged_index_sync_last_success_timestamp_seconds gauge",
-                  f"edged_index_sync_last_success_timestamp_seconds {ok_ts:.0f}"]
     try:
         prom.parent.mkdir(parents=True, exist_ok=True)
-        store.atomic_write(prom, ("\n".join(lines) + "\n").encode())
+        store.atomic_write(prom, _exposition(result))
     except OSError as e:
         log.error("cannot write %s: %s (check sync.prom_textfile)", prom, e)
+
+
+def _exposition(result: SyncResult) -> bytes:
+    """The sync's Prometheus textfile. Every name starts with ``edged_index_sync_``: the daemon's
+    own textfile already exports the index it serves as ``edged_index_*``, and node_exporter's
+    textfile collector rejects a metric that two files in its directory both define."""
+    reg = CollectorRegistry()
+
+    def gauge(name: str, doc: str, value: float) -> None:
+        Gauge(f"edged_index_sync_{name}", doc, registry=reg).set(value)
+
+    gauge("last_run_timestamp_seconds", "Start time of the last sync run.",
+          datetime.fromisoformat(result.time).timestamp())
+    gauge("exit_code", "Exit code of the last sync run (0 ok).", result.exit_code)
+    gauge("duration_seconds", "Duration of the last sync run.", result.duration_s)
+    docs = Gauge("edged_index_sync_documents", "Documents by outcome in the last sync run.",
+                 ["outcome"], registry=reg)
+    for outcome in ("added", "changed", "removed", "unchanged", "skipped"):
+        docs.labels(outcome).set(getattr(result, outcome))
+    gauge("chunks_embedded", "Chunks embedded by the last sync run.", result.chunks_embedded)
+    gauge("live_generation", "Index generation live after the last sync run.",
+          result.generation or 0)
+    gauge("live_documents", "Documents in the index live after the last sync run.",
+          result.documents)
+    gauge("live_chunks", "Chunks in the index live after the last sync run.", result.chunks)
+    gauge("live_db_bytes", "Size of the index file live after the last sync run.",
+          result.db_bytes)
+    if result.last_success:
+        gauge("last_success_timestamp_seconds", "Last successful sync run.",
+              datetime.fromisoformat(result.last_success).timestamp())
+    return generate_latest(reg)
 
 
 def sync_and_record(settings: Settings, *, source: str | None = None,
