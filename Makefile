@@ -18,7 +18,7 @@ $(EMBEDDER): scripts/build-embedder
 embedder: bootstrap $(EMBEDDER)
 
 lint: bootstrap
-	$(PY) -m ruff check edged tests scripts
+	$(PY) -m ruff check edged edged_testing tests scripts
 
 # pytest exits 5 when it collected no tests: that is a broken suite, never a pass.
 test: bootstrap embedder lint

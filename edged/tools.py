@@ -14,13 +14,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jsonschema
 from google.genai import types
-
-if TYPE_CHECKING:
-    from edged.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +98,3 @@ class ToolRegistry:
             log.exception("tool %s failed", name)
             return fail(f"{name} failed: {type(e).__name__}: {e}")
         return ToolOutcome(result, True, time.monotonic() - start)
-
-
-def device_tools(settings: Settings) -> ToolRegistry:
-    """The tools the device offers the model: one place for the daemon, `edged chat` and the
-    demo. Tools open their resources lazily, so a missing index is an error *answer*, not a
-    failure to start."""
-    from edged.knowledge.tool import make_search_tool  # heavy (numpy, sqlite-vec): lazily
-
-    registry = ToolRegistry(settings.tools.timeout_s)
-    registry.register(make_search_tool(settings))
-    return registry

@@ -14,7 +14,7 @@ import pytest
 from test_live_session import LIVENESS_S, settings_for
 
 from edged.chat import run_chat
-from edged.sim import Drop, LiveSimulator, Rule, Scenario, Sleep
+from edged_testing.sim import Drop, LiveSimulator, Rule, Scenario, Sleep
 
 
 @pytest.fixture(autouse=True)

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from edged.audio.virtual import VirtualAlsa
-from edged.sim import LiveSimulator, Reply, Rule, Scenario
+from edged_testing.alsa import VirtualAlsa
+from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "AIzaSy-test-SECRET-0123456789abcdef"

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from edged.audio import material as m
-from edged.audio.harness import VoiceRig, poll_until, voice_rig
 from edged.audio.playback import BYTES_PER_MS as OUT_BYTES_PER_MS
 from edged.audio.voice import TurnRecord
-from edged.sim import Reply, Rule, Scenario
+from edged_testing import material as m
+from edged_testing.sim import Reply, Rule, Scenario
+from edged_testing.voice_rig import VoiceRig, poll_until, voice_rig
 
 SPEED = 4.0
 LIVENESS_S = 30.0

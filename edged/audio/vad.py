@@ -41,9 +41,10 @@ import webrtcvad
 
 from edged.config import EchoSettings, VadSettings
 from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
+from edged.formats import CAPTURE_RATE, bytes_per_ms
 
-RATE = 16000
-BYTES_PER_MS = RATE * 2 // 1000
+RATE = CAPTURE_RATE
+BYTES_PER_MS = bytes_per_ms(RATE)
 GateState = Literal["warmup", "idle", "pending", "speaking", "cooldown"]
 
 
@@ -142,7 +143,7 @@ class VadGate:
         for i in range(n):
             # frame.t is when the read returned (the end of this period); times of earlier
             # samples are counted back from it, so no drift accumulates across periods.
-            t = frame.t - (len(data) - i * fb) / (2 * RATE)
+            t = frame.t - (len(data) - i * fb) / BYTES_PER_MS / 1000
             events += self._step(data[i * fb:(i + 1) * fb], t, playing)
         self._rest = data[n * fb:]
         return events

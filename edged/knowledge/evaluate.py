@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edged.config import Settings
 from edged.knowledge import SAMPLE_KB, SAMPLE_QUERIES
@@ -34,6 +36,9 @@ class Scores:
 def load_queries(path: Path) -> list[dict[str, object]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     return list(data["queries"])
+
+BuildIndex = Callable[..., Any]    # run_sync(settings, *, source, index_dir, embedder) -> result
+EXIT_EMBEDDER = 5                  # = edged-index-sync's EXIT_FAILED: no embedder
 
 
 def evaluate(searcher: Searcher, embedder: Embedder, queries: list[dict[str, object]],
@@ -57,20 +62,19 @@ def evaluate(searcher: Searcher, embedder: Embedder, queries: list[dict[str, obj
     return Scores(recall / n, mrr / n, len(chosen))
 
 
-def run_eval(settings: Settings, queries_path: Path | None = None,
+def run_eval(settings: Settings, build: BuildIndex, queries_path: Path | None = None,
              embedder: Embedder | None = None) -> int:
-    """Build a throwaway index of the sample KB and print the metrics table; exit code."""
-    from edged.knowledge.sync import EXIT_FAILED, run_sync  # avoid a cycle
-
+    """Build a throwaway index of the sample KB with ``build`` (``edged-index-sync``'s
+    ``run_sync``, passed in by its ``--eval`` option) and print the metrics table; exit code."""
     try:
         emb = embedder or make_embedder(settings)
     except EmbedderError as e:
         print(f"edged-index-sync --eval: {e}")
-        return EXIT_FAILED
+        return EXIT_EMBEDDER
     queries = load_queries(queries_path or SAMPLE_QUERIES)
     k = settings.knowledge
     with tempfile.TemporaryDirectory(prefix="edged-eval-") as tmp:
-        result = run_sync(settings, source=str(SAMPLE_KB), index_dir=Path(tmp), embedder=emb)
+        result = build(settings, source=str(SAMPLE_KB), index_dir=Path(tmp), embedder=emb)
         searcher = Searcher(Path(tmp), weight_fts=k.weight_fts, weight_vec=k.weight_vec,
                             rrf_k=k.rrf_k, min_vector_similarity=k.min_vector_similarity)
         print(f"embedder {emb.name} ({emb.dims} dims); {result.documents} documents, "

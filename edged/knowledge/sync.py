@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval:
         from edged.knowledge.evaluate import run_eval  # eval-only imports
 
-        return run_eval(settings, args.queries)
+        return run_eval(settings, run_sync, args.queries)
     result = sync_and_record(settings, source=args.source, index_dir=args.index_dir,
                              full=args.full)
     if args.json:

@@ -52,7 +52,7 @@ The simulator does no speech recognition: audio turns take their text from
 ``Scenario.transcripts`` in order, then ``default_transcript``.
 """
 
-from edged.sim.scenario import (
+from edged_testing.sim.scenario import (
     Action,
     Assistant,
     CancelToolCalls,
@@ -67,8 +67,8 @@ from edged.sim.scenario import (
     ToolCall,
     ToolCalls,
 )
-from edged.sim.server import LiveSimulator
-from edged.sim.state import ConnectionRecord, SessionState, TurnContext
+from edged_testing.sim.server import LiveSimulator
+from edged_testing.sim.state import ConnectionRecord, SessionState, TurnContext
 
 __all__ = [
     "Action", "Assistant", "CancelToolCalls", "Close", "ConnectionRecord", "Drop", "GoAway",
