@@ -436,9 +436,10 @@ class Daemon:
     async def _shutdown(self) -> int:
         """Stop in order: no new requests, close the Live session (it says goodbye with 1000),
         stop the rest, close the camera, write the last metrics - within stop_timeout_s."""
+        sup = self.supervisor
+        await sup.cancel("watchdog")       # systemd stops watching once we say STOPPING
         self.notifier.stopping("stopping")
         log.info("stopping", extra={"EDGED_EVENT": EV_LIFECYCLE})
-        sup = self.supervisor
         sup.stopping.set()
         try:
             async with asyncio.timeout(self.settings.control.stop_timeout_s):
@@ -446,8 +447,7 @@ class Daemon:
                     await self.control.close()
                 if self.live is not None:
                     await self.live.close()
-                await sup.cancel(*(n for n in list(sup.tasks)
-                                   if n not in ("session", "watchdog")))
+                await sup.cancel(*(n for n in list(sup.tasks) if n != "session"))
                 session = sup.tasks.pop("session", None)
                 if session is not None:
                     await asyncio.gather(session, return_exceptions=True)
@@ -458,7 +458,6 @@ class Daemon:
         if self.settings.metrics.textfile:
             await self._write_textfile()
         await asyncio.to_thread(self.metrics.stop_http)
-        await sup.cancel("watchdog")
         self.notifier.flush()
         log.info("stopped", extra={"EDGED_EVENT": EV_LIFECYCLE})
         return 0

@@ -117,6 +117,21 @@ class LiveSimulator:
         order; ``kind`` filters by top-level key ("realtimeInput", "clientContent", ...)."""
         return [(i, m) for i, m in self._messages if kind is None or kind in m]
 
+    def reply_audio(self) -> list[bytes]:
+        """The reply audio sent, one bytes object per completed turn, over all connections in
+        order (what a client that plays everything should have played)."""
+        turns, current = [], bytearray()
+        for conn in self.connections:
+            for m in conn.sent:
+                content = m.get("serverContent", {})
+                for part in content.get("modelTurn", {}).get("parts", []):
+                    if "inlineData" in part:
+                        current += part["inlineData"]["data"]
+                if content.get("turnComplete"):
+                    turns.append(bytes(current))
+                    current.clear()
+        return turns
+
     async def wait_for(self, predicate: Callable[[LiveSimulator], bool],
                        timeout: float) -> None:  # noqa: ASYNC109 - the public API takes it
         """Poll ``predicate(sim)`` until true; TimeoutError after ``timeout`` seconds."""
