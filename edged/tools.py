@@ -1,10 +1,11 @@
 """Tool registry: function declarations for the Live setup, and safe dispatch of tool calls.
 
 The one rule that matters: every ``functionCall`` id gets exactly one ``functionResponse``. A
-missing response silences the model with no error (gemini_live.md §7), so :meth:`ToolRegistry.call`
-never raises for a tool's failure: bad arguments, an exception or a timeout all become an
-``{"error": ...}`` payload the model can read and recover from. Only cancellation
-(``toolCallCancellation``) propagates, because then the server no longer wants an answer.
+missing response silences the model with no error (docs/live-session.md), so
+:meth:`ToolRegistry.call` never raises for a tool's failure: bad arguments, an exception or a
+timeout all become an ``{"error": ...}`` payload the model can read and recover from. Only
+cancellation (``toolCallCancellation``) propagates, because then the server no longer wants an
+answer.
 """
 
 from __future__ import annotations

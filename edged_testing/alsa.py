@@ -1,7 +1,7 @@
 """Virtual ALSA devices for tests, the demo and the benchmark (no sound card needed).
 
 Everything goes through alsa-lib's ``file`` PCM plugin, so the code under test uses the real
-ALSA API exactly as on the Pi (DESIGN.md §3). Four kinds of device:
+ALSA API exactly as on the Pi. Four kinds of device:
 
 * ``add_capture(name, infile)``: a microphone that reads a raw 16 kHz S16_LE file as fast as
   the reader asks (``slave.pcm "null"``). After the end of the file alsa-lib keeps returning

@@ -1,7 +1,7 @@
 """Real synthetic speech from espeak-ng, as raw S16_LE mono PCM at a chosen rate.
 
 Used where a human voice is needed without a human: the simulator's spoken replies, the demo's
-questions, and test/benchmark material (DESIGN.md §3). Not used on the device's audio path.
+questions, and test/benchmark material. Not used on the device's audio path.
 """
 
 from __future__ import annotations

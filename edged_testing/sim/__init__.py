@@ -1,7 +1,7 @@
 """Gemini Live simulator: a local TLS WebSocket server speaking BidiGenerateContent.
 
 Why: edged must be tested against the *real* google-genai SDK without internet. The simulator
-follows every wire rule of reference/gemini_live.md §0 (TLS with its own CA, any v1/v1alpha/
+follows every wire rule of docs/simulator.md (TLS with its own CA, any v1/v1alpha/
 v1beta(1) API-key or Vertex path, ``setupComplete`` first, snake→camel normalisation at every
 depth, URL-safe or standard base64, camelCase binary frames, errors only as close frames with a
 ≤123-byte reason, frames < 1 MiB, pongs) and records everything the client sent.

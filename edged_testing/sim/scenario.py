@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from edged_testing.sim.state import TurnContext
 
-# Models the simulator accepts by default (reference/gemini_live.md §6, late 2026).
+# Models the simulator accepts by default (the Live models listed for late 2026).
 KNOWN_MODELS: tuple[str, ...] = (
     "gemini-3.8-live",
     "gemini-3.8-live-extended-thinking",
