@@ -300,6 +300,20 @@ class VoiceStateChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class WakeWordDetected(Event):
+    """The on-device wake word fired; a conversation opens (``model``: which wake word)."""
+
+    type: ClassVar[str] = "wake"
+    model: str
+    probability: float
+    t: float = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "model": self.model,
+                "probability": round(self.probability, 3)}
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceChanged(Event):
     """A sound device opened, failed or is being retried (``edgectl status``'s audio rows)."""
 
