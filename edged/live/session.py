@@ -46,7 +46,7 @@ from edged.events import (
 from edged.formats import CAPTURE_MIME
 from edged.live.client import build_client, build_config, client_fingerprint, setup_fingerprint
 from edged.live.dispatch import ToolDispatcher
-from edged.live.policy import End, ReconnectPolicy, classify
+from edged.live.policy import CONFIG_ERROR_CODES, End, ReconnectPolicy, classify
 from edged.live.turns import TurnTracker
 from edged.tools import ToolRegistry
 
@@ -106,6 +106,7 @@ class LiveSession:
         self._closing: set[asyncio.Task[None]] = set()
         self._goaway_deadline: float | None = None
         self._reconfigure = False
+        self._settings_gen = 0          # bumped by apply_settings
 
     # --- public API ------------------------------------------------------------------------
 
@@ -113,9 +114,15 @@ class LiveSession:
         """Connect, serve, reconnect - until :meth:`close`. Never raises for link failures."""
         try:
             while not self._stop.is_set():
+                gen = self._settings_gen
                 end, age = await self._connect_once()
                 if self._stop.is_set():
                     break
+                if gen != self._settings_gen and (end.kind == "config"
+                                                  or end.code in CONFIG_ERROR_CODES):
+                    # The attempt used settings a reload has replaced since: its verdict says
+                    # nothing about the new ones, so try them now.
+                    end = End("reconfigure", None, "settings changed during the attempt")
                 delay = self._after(end, age)
                 if delay > 0:
                     self._retry_now.clear()
@@ -239,6 +246,7 @@ class LiveSession:
         recent text history."""
         old = self._settings
         self._settings = settings
+        self._settings_gen += 1
         self._policy.update(settings.session)
         fp = setup_fingerprint(settings, self._tools)
         try:
