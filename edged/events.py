@@ -43,10 +43,15 @@ def _ms(a: float | None, b: float | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class AudioFrame:
-    """One capture period of 16 kHz mono S16_LE from the microphone."""
+    """One capture period of 16 kHz mono S16_LE from the microphone.
+
+    ``fresh``: the first period after the device was (re)opened - what came before it is not
+    continuous with it (a turn in progress is over, the gate warms up again).
+    """
 
     pcm: bytes
     t: float = field(default_factory=now)
+    fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,7 @@ class SpeechEnded:
     """End of the user turn (silence, or the maximum turn length was reached)."""
 
     t: float = field(default_factory=now)
-    reason: Literal["silence", "max_length", "muted"] = "silence"
+    reason: Literal["silence", "max_length", "muted", "device"] = "silence"
 
 
 SpeechEvent = SpeechStarted | SpeechAudio | SpeechEnded
