@@ -338,13 +338,15 @@ async def test_a_config_error_from_an_attempt_with_replaced_settings_is_not_beli
     instead of waiting config_error_retry_s."""
     scenario = Scenario(rules=[Rule(on="setup", connection=0, actions=[
         Sleep(1.0), Close(1008, "models/old is not found for API version v1")])])
-    async with LiveSimulator(scenario) as sim:
-        async with running(settings_for(sim, session={"config_error_retry_s": 300})) as live:
-            await sim.wait_for(lambda s: len(s.connections) == 1, LIVENESS_S)
-            live.apply_settings(settings_for(sim, gemini={"voice": "Puck"},
-                                             session={"config_error_retry_s": 300}))
-            await live.wait_ready(LIVENESS_S)
-            status = live.status()
+    async with (
+        LiveSimulator(scenario) as sim,
+        running(settings_for(sim, session={"config_error_retry_s": 300})) as live,
+    ):
+        await sim.wait_for(lambda s: len(s.connections) == 1, LIVENESS_S)
+        live.apply_settings(settings_for(sim, gemini={"voice": "Puck"},
+                                         session={"config_error_retry_s": 300}))
+        await live.wait_ready(LIVENESS_S)
+        status = live.status()
     assert sim.connections[0].close_code == 1008
     assert status["state"] == "ready" and status["reconnects_by_code"] == {"reconfigure": 1}
     assert sim.connections[1].setup["generationConfig"]["speechConfig"]["voiceConfig"][
