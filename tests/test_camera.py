@@ -86,14 +86,14 @@ def test_jpeg_size_reads_the_frame_header() -> None:
 
 def test_refusal_order_and_messages() -> None:
     ok = {"enabled": True, "muted": False, "device_state": "running", "unavailable": None,
-          "device_error": None, "busy": False, "since_last_s": None, "min_interval_s": 1.0}
+          "busy": False, "since_last_s": None, "min_interval_s": 1.0}
     assert refusal(**ok) is None
     assert refusal(**{**ok, "enabled": False, "muted": True}).code == "disabled"  # type: ignore
     muted = refusal(**{**ok, "muted": True, "device_state": "retrying"})  # type: ignore[arg-type]
     assert muted is not None and muted.code == "muted" and "privacy" in muted.message
-    absent = refusal(**{**ok, "device_state": "retrying", "unavailable": "absent",  # type: ignore
-                        "device_error": "no camera number 0"})
-    assert absent is not None and absent.message == "no camera: no camera number 0"
+    absent = refusal(**{**ok, "device_state": "retrying", "unavailable": "absent"})  # type: ignore
+    assert absent is not None
+    assert absent.message == "no camera: no camera is connected to the device"
     assert refusal(**{**ok, "device_state": "retrying",  # type: ignore[arg-type]
                       "unavailable": "busy"}).code == "busy"
     assert refusal(**{**ok, "busy": True}).code == "busy"  # type: ignore[union-attr]
@@ -203,7 +203,8 @@ async def test_camera_held_by_another_program_is_busy() -> None:
     bench = CameraBench(held={0})
     async with running(bench) as (cam, bus, _):
         await until(lambda: cam.status()["unavailable"] == "busy", bus)
-        with pytest.raises(StillRefused, match=r"camera busy: .*Device or resource busy"):
+        assert "Device or resource busy" in cam.status()["detail"]      # the owner's detail
+        with pytest.raises(StillRefused, match="camera busy: another program is using the camera"):
             await cam.send("tool")
 
 

@@ -203,7 +203,7 @@ class Camera:
         since = None if self._last_sent is None else time.monotonic() - self._last_sent
         why = refusal(enabled=self.settings.enabled, muted=self.muted,
                       device_state=self.health.state, unavailable=self._unavailable,
-                      device_error=self.health.error, busy=self._busy, since_last_s=since,
+                      busy=self._busy, since_last_s=since,
                       min_interval_s=self.settings.min_interval_s, rate_limited=to_model)
         if why is not None:
             self._record(CameraStill(reason, "refused", detail=why.message))

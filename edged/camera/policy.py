@@ -26,13 +26,15 @@ class Refusal:
 
 
 def refusal(*, enabled: bool, muted: bool, device_state: str, unavailable: str | None,
-            device_error: str | None, busy: bool, since_last_s: float | None,
-            min_interval_s: float, rate_limited: bool = True) -> Refusal | None:
+            busy: bool, since_last_s: float | None, min_interval_s: float,
+            rate_limited: bool = True) -> Refusal | None:
     """``None`` if a still may be taken now, else why not - most fundamental reason first.
 
     ``unavailable`` is the last open failure's kind (absent/busy/failed) while the device is not
     running; ``since_last_s`` the age of the last still sent to the model (None: none yet);
-    ``rate_limited`` is False for stills that never reach the model (``edgectl look``).
+    ``rate_limited`` is False for stills that never reach the model (``edgectl look``). The
+    messages are short on purpose: the model says them to the user; the owner finds the
+    device's own error (cable, apt package, ...) in ``edgectl status``.
     """
     if not enabled:
         return Refusal("disabled", "privacy: the camera is switched off in the settings "
@@ -41,12 +43,12 @@ def refusal(*, enabled: bool, muted: bool, device_state: str, unavailable: str |
         return Refusal("muted", "privacy: the device is muted, so the camera is off; it works "
                        "again when the user unmutes it")
     if device_state != "running":
-        detail = device_error or f"the camera is {device_state}"
         if unavailable == "busy":
-            return Refusal("busy", f"camera busy: {detail}")
+            return Refusal("busy", "camera busy: another program is using the camera")
         if unavailable == "failed":
-            return Refusal("failed", f"camera failed: {detail}")
-        return Refusal("absent", f"no camera: {detail}")
+            return Refusal("failed", "camera failed: it stopped answering and is being "
+                           "restarted; try again in a moment")
+        return Refusal("absent", "no camera: no camera is connected to the device")
     if busy:
         return Refusal("busy", "camera busy: another still is being taken right now")
     if rate_limited and since_last_s is not None and since_last_s < min_interval_s:
