@@ -241,6 +241,10 @@ class Camera:
                      extra={"EDGED_EVENT": "still"})
         self.bus.publish(ev)
 
+    def standby(self) -> None:
+        """Stop streaming now (the next still starts the camera again); mute uses it."""
+        self._requests.put(_PAUSE)
+
     # --- events in -----------------------------------------------------------------------
 
     def _on_event(self, ev: Event) -> None:
@@ -249,7 +253,7 @@ class Camera:
         if isinstance(ev, MuteChanged):
             self.muted = ev.muted
             if ev.muted:
-                self._requests.put(_PAUSE)
+                self.standby()
             return
         reason = automatic_reason(self.settings.send_on, ev)
         if reason is not None and self.settings.enabled:
