@@ -103,6 +103,7 @@ class LiveSession:
         self._bytes_up = 0
         self._bytes_down = 0
         self._audio_dropped = 0
+        self._images_sent = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._goaway_deadline: float | None = None
         self._reconfigure = False
@@ -196,14 +197,19 @@ class LiveSession:
             await session.send_realtime_input(activity_end=types.ActivityEnd())
             self._reply_due()
 
-    async def send_image(self, jpeg: bytes) -> None:
-        """A camera still (realtime video frame); dropped while disconnected."""
+    async def send_image(self, jpeg: bytes) -> bool:
+        """A camera still as realtime video input (``image/jpeg``); False when it could not go
+        out (disconnected: a stale still is worth nothing after a reconnect)."""
         session = self._session
         if session is None:
-            return
-        with contextlib.suppress(websockets.ConnectionClosed):
+            return False
+        try:
             await session.send_realtime_input(video=types.Blob(data=jpeg, mime_type="image/jpeg"))
-            self._bytes_up += len(jpeg)
+        except websockets.ConnectionClosed:
+            return False
+        self._bytes_up += len(jpeg)
+        self._images_sent += 1
+        return True
 
     @property
     def state(self) -> str:
@@ -233,6 +239,7 @@ class LiveSession:
             "bytes_up": self._bytes_up,
             "bytes_down": self._bytes_down,
             "audio_chunks_dropped": self._audio_dropped,
+            "images_sent": self._images_sent,
             "tool_calls": dict(self._dispatch.counts),
             "events_dropped": self.bus.dropped,
         }
