@@ -172,47 +172,122 @@ class AudioSettings(_Section):
         default=0.5, gt=0, description="First retry delay after a device failed to open")
     retry_cap_s: float = Field(
         default=30.0, gt=0, description="Longest retry delay for a missing device")
+    noise_suppression: bool = Field(
+        default=True,
+        description="Suppress steady noise in what is sent to Gemini (never in what the speech "
+        "detector and the wake word hear)")
+
+
+# The models the pymicro-wakeword wheel ships (okay_nabu was trained with Spanish too).
+BUILTIN_WAKE_MODELS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
+
+
+class ListenSettings(_Section):
+    """When the device listens: wake word, follow-up window, button (docs/voice.md)."""
+
+    mode: Literal["wake", "vad", "manual"] = Field(
+        default="wake",
+        description="wake: only the wake word opens a conversation; vad: any speech does "
+        "(headsets, tests); manual: only `edgectl listen`")
+    wake_model: str = Field(
+        default="okay_nabu",
+        description="Built-in microWakeWord model (okay_nabu, hey_jarvis, alexa, hey_mycroft) "
+        "or the path of a microWakeWord .json manifest (its .tflite beside it)")
+    wake_cutoff: float | None = Field(
+        default=0.9, gt=0, lt=1,
+        description="Detection threshold (None: the model manifest's; okay_nabu's is 0.85, "
+        "which measured 1.3 false wakes per hour of Spanish speech, 0.9 none)")
+    wake_refractory_s: float = Field(
+        default=2.0, ge=0.5, le=30, description="After a wake, ignore the wake word this long")
+    question_timeout_s: float = Field(
+        default=6.0, gt=0, le=60,
+        description="After the wake word or `edgectl listen`, speech must start within this")
+    follow_up_s: float = Field(
+        default=6.0, ge=0, le=60,
+        description="After a reply, speech within this long continues the conversation without "
+        "the wake word (0: off)")
+    barge_in: Literal["speech", "wake_word"] = Field(
+        default="speech",
+        description="What interrupts a reply: the user's speech, or only the wake word (noisy "
+        "places where others talk)")
+    earcon: bool = Field(
+        default=True, description="A short sound on the speaker when the wake word is heard")
+
+    @model_validator(mode="after")
+    def _check(self) -> ListenSettings:
+        model = self.wake_model
+        if model not in BUILTIN_WAKE_MODELS:
+            path = Path(model)
+            if path.suffix != ".json":
+                raise ValueError(
+                    f"wake_model {model!r} is neither a built-in model "
+                    f"({', '.join(BUILTIN_WAKE_MODELS)}) nor a microWakeWord .json manifest")
+            if not path.is_file():
+                raise ValueError(f"wake_model: {model} does not exist (a microWakeWord .json "
+                                 "manifest, with its .tflite beside it)")
+        return self
 
 
 class VadSettings(_Section):
-    """The local speech gate (docs/voice.md): webrtcvad plus pre-roll and turn timing."""
+    """The local speech gate (docs/voice.md): a speech detector plus pre-roll and turn timing."""
 
+    engine: Literal["silero", "webrtc"] = Field(
+        default="silero",
+        description="silero: robust to noise and music (32 ms frames, ~1 % of a core); "
+        "webrtc: nearly free, fooled by most noise")
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="silero: speech probability that counts as voiced")
     aggressiveness: int = Field(
-        default=2, ge=0, le=3, description="webrtcvad mode: 0 lets most through, 3 is strictest")
-    frame_ms: Literal[10, 20, 30] = Field(default=30, description="webrtcvad frame length")
+        default=2, ge=0, le=3, description="webrtc: 0 lets most through, 3 is strictest")
+    frame_ms: Literal[10, 20, 30] = Field(default=30, description="webrtc: frame length")
     warmup_ms: int = Field(
         default=150, ge=0, le=2000,
         description="After (re)start: fill the pre-roll only; never a trigger, never silence")
     preroll_ms: int = Field(
         default=400, ge=0, le=2000,
         description="Audio before the detected onset sent with the turn (no clipped syllable)")
-    start_voiced_frames: int = Field(
-        default=6, ge=1, description="Voiced frames among start_window_frames that start a turn")
-    start_window_frames: int = Field(
-        default=10, ge=1, description="Window (frames) for the start decision")
+    start_voiced_ms: int = Field(
+        default=90, ge=10, description="Voiced audio within start_window_ms that starts a turn")
+    start_window_ms: int = Field(
+        default=160, ge=10, description="Window for the start decision")
     end_silence_ms: int = Field(
         default=700, ge=100, description="Silence that ends a turn (the end-of-turn latency)")
     min_speech_ms: int = Field(
-        default=250, ge=0, description="Voiced audio needed to confirm a turn (drops clicks)")
+        default=200, ge=0, description="Voiced audio needed to confirm a turn (drops clicks)")
     max_turn_s: float = Field(
-        default=15.0, gt=0, description="A turn that never pauses is cut here (usually noise)")
+        default=15.0, gt=0, description="A turn that never pauses is cut here")
+    cooldown_s: float = Field(
+        default=3.0, ge=0,
+        description="After a turn cut at max_turn_s, no new turn until a pause or this long")
     batch_ms: int = Field(
         default=60, ge=40, le=100, description="Audio per uplink message during a turn")
 
     @model_validator(mode="after")
     def _check(self) -> VadSettings:
-        if self.start_voiced_frames > self.start_window_frames:
-            raise ValueError("start_voiced_frames must be <= start_window_frames")
+        if self.start_voiced_ms > self.start_window_ms:
+            raise ValueError("start_voiced_ms must be <= start_window_ms")
         return self
 
 
 class EchoSettings(_Section):
-    """What to do with the mic while the device itself is speaking (no real AEC yet)."""
+    """The device hearing itself: echo cancellation, barge-in, and the fallback policy."""
 
+    cancellation: bool = Field(
+        default=True,
+        description="Cancel the speaker's sound in the microphone (AEC3), using what was played "
+        "as the reference; off for a headset or a mic array that does it in hardware")
+    bargein_ms: int = Field(
+        default=100, ge=30,
+        description="Voiced speech over the device's voice that barges in, once the echo "
+        "canceller has converged")
+    bargein_snr_db: float = Field(
+        default=6.0, ge=0, le=40,
+        description="...and it must be this much louder than the background (noise and what "
+        "is left of the echo)")
     policy: Literal["guard", "mute", "open"] = Field(
         default="guard",
-        description="guard: while playing, only sustained loud speech barges in; "
-                    "mute: ignore the mic while playing; open: no protection")
+        description="While the canceller is off or not converged: guard: only sustained loud "
+        "speech barges in; mute: ignore the mic while playing; open: no protection")
     bargein_min_ms: int = Field(
         default=400, ge=0,
         description="guard: sustained speech needed over the device's voice to barge in")
@@ -362,6 +437,7 @@ class Settings(_Section):
     session: SessionSettings = SessionSettings()
     tools: ToolSettings = ToolSettings()
     audio: AudioSettings = AudioSettings()
+    listen: ListenSettings = ListenSettings()
     vad: VadSettings = VadSettings()
     echo: EchoSettings = EchoSettings()
     camera: CameraSettings = CameraSettings()

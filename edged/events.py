@@ -46,12 +46,17 @@ class AudioFrame:
     """One capture period of 16 kHz mono S16_LE from the microphone.
 
     ``fresh``: the first period after the device was (re)opened - what came before it is not
-    continuous with it (a turn in progress is over, the gate warms up again).
+    continuous with it (a turn in progress is over, the gate warms up again). ``speech``: the
+    front end's speech probability for this frame (frames after the front end are exactly one
+    speech-detector frame each) and ``level`` the dBFS of what the detector heard (echo
+    cancelled, before noise suppression); ``None`` before the front end.
     """
 
     pcm: bytes
     t: float = field(default_factory=now)
     fresh: bool = False
+    speech: float | None = None
+    level: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,13 +292,17 @@ def reply_chunk(event: Event) -> str | None:
 # --- voice loop out ---------------------------------------------------------------------
 
 
-VoiceState = Literal["idle", "listening", "thinking", "speaking", "interrupted"]
+VoiceState = Literal["idle", "listening", "thinking", "speaking", "interrupted", "follow_up"]
+# What let a turn go up: any speech (vad mode), the wake word, `edgectl listen`, speech in the
+# follow-up window after a reply, speech over the reply, or a typed question.
+TurnTrigger = Literal["vad", "wake", "listen", "follow_up", "barge_in", "text"]
 _turn_ids = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
 class VoiceStateChanged(Event):
-    """What an LED ring shows: idle / listening / thinking / speaking / interrupted."""
+    """What an LED ring shows: idle / listening / thinking / speaking / interrupted /
+    follow_up (listening without the wake word, after a reply)."""
 
     type: ClassVar[str] = "state"
     state: VoiceState
@@ -375,6 +384,7 @@ class TurnRecord:
     id: int = field(default_factory=lambda: next(_turn_ids))
     kind: Literal["voice", "text"] = "voice"
     mode: Literal["local", "server", "text"] = "local"
+    trigger: TurnTrigger | None = None
     wall_time: float = field(default_factory=time.time)
     speech_start: float | None = None
     speech_end: float | None = None
@@ -414,7 +424,7 @@ class TurnRecord:
         return None if ms is None else ms / 1000
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "mode": self.mode,
+        return {"id": self.id, "kind": self.kind, "mode": self.mode, "trigger": self.trigger,
                 "wall_time": round(self.wall_time, 3), "outcome": self.outcome,
                 "end_reason": self.end_reason, "interrupted": self.interrupted,
                 "uplinked_bytes": self.uplinked_bytes, "reply_bytes": self.reply_bytes,
@@ -435,7 +445,8 @@ class TurnFinished(Event):
         ``edgectl feedback``."""
         r = self.record
         lat = r.latency_s
-        return {"kind": r.kind, "ts": r.wall_time, "user": r.user_text, "model": r.model_text,
+        return {"kind": r.kind, "trigger": r.trigger, "ts": r.wall_time, "user": r.user_text,
+                "model": r.model_text,
                 "tools": list(r.tools), "outcome": r.outcome,
                 "interrupted": r.interrupted is not None,
                 "latency_s": None if lat is None else round(lat, 4)}

@@ -1,23 +1,23 @@
 """Virtual ALSA devices for tests, the demo and the benchmark (no sound card needed).
 
 Everything goes through alsa-lib's ``file`` PCM plugin, so the code under test uses the real
-ALSA API exactly as on the Pi. Four kinds of device:
+ALSA API exactly as on the Pi. Three kinds of device:
 
 * ``add_capture(name, infile)``: a microphone that reads a raw 16 kHz S16_LE file as fast as
   the reader asks (``slave.pcm "null"``). After the end of the file alsa-lib keeps returning
   the last buffer, so end the file with silence.
 * ``add_playback(name, outfile)``: a speaker that records everything written, instantly.
-* ``add_paced_capture(name, ...)`` -> :class:`PacedSource`: a microphone paced at real time
-  (or ``speed`` x real time). The plugin's ``infile`` is a FIFO that a thread fills with one
-  capture period every period; queued clips are "spoken", silence otherwise. The thread writes
-  whole periods (atomic pipe writes), because the plugin does one ``read()`` per period and
-  would otherwise see short reads.
-* ``add_paced_playback(name, ...)`` -> :class:`PacedSink`: a speaker that consumes at real time.
-  The plugin's ``file`` is a FIFO shrunk to one page (4096 bytes, ~85 ms at 24 kHz): that pipe
-  plays the role of the codec's hardware FIFO, so a blocked ``write`` paces playback and
-  ``drop()`` leaves at most one pipe of audio "in the air". A child process drains it and
-  records every byte with the time it was consumed, so tests can count what was played after
-  an event.
+* ``add_codec(mic, speaker, ...)`` -> :class:`Codec`: a microphone and a speaker that run at
+  real time (or ``speed`` x real time) on **one clock**, like one sound card. A child process
+  moves one period each way per tick: it takes one period from the speaker's FIFO (silence if
+  the writer was late: an underrun) and puts one period into the microphone's FIFO - the queued
+  clips the test "says", plus, if the room is set, the speaker's own period coming back as an
+  echo (a fixed delay, a room response, a gain) and a noise bed. The echo is therefore locked
+  to the samples the speaker played, whatever the machine's load, which is what an echo
+  canceller needs to be tested fairly. The speaker FIFO is shrunk to one page (4096 bytes,
+  ~85 ms at 24 kHz): it plays the codec's hardware FIFO, so a blocked ``write`` paces playback
+  and ``drop()`` leaves at most one pipe of audio "in the air". Everything played is recorded
+  with the time it was played, so tests can count what was heard after an event.
 
 Config loading: alsa-lib caches its configuration per process but re-reads it when the list of
 files or a file's inode/mtime changes. :meth:`VirtualAlsa.activate` sets ``ALSA_CONFIG_PATH``
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
-import select
 import signal
 import struct
 import subprocess
@@ -47,7 +47,8 @@ import numpy as np
 from edged.formats import CAPTURE_RATE, REPLY_RATE
 
 _F_SETPIPE_SZ = 1031
-_PIPE_BYTES = 4096
+_PIPE_BYTES = 4096          # the virtual speaker's "codec FIFO": what is still heard after a drop
+_MIC_PIPE_BYTES = 65536     # the virtual mic's slack: 2 s of audio, so a busy reader loses none
 _SYSTEM_CONF = Path(os.environ.get("ALSA_CONFIG_DIR", "/usr/share/alsa")) / "alsa.conf"
 
 
@@ -66,7 +67,7 @@ class VirtualAlsa:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.asoundrc = self.dir / "asoundrc"
         self._pcms: dict[str, str] = {}
-        self._threads: list[PacedSource | PacedSink] = []
+        self._devices: list[Codec] = []
         self._activated = False
         self._saved_env: str | None = None
         self._write()
@@ -81,19 +82,14 @@ class VirtualAlsa:
         self._define(name, f'type file\n  slave.pcm "null"\n  file {_quote(outfile)}\n'
                            '  format "raw"')
 
-    def add_paced_capture(self, name: str, period_ms: int = 20, speed: float = 1.0,
-                          rate: int = CAPTURE_RATE) -> PacedSource:
-        src = PacedSource(self.dir / f"{name}.fifo", period_ms=period_ms, speed=speed, rate=rate)
-        self.add_capture(name, src.fifo)
-        self._threads.append(src)
-        return src
-
-    def add_paced_playback(self, name: str, speed: float = 1.0,
-                           rate: int = REPLY_RATE) -> PacedSink:
-        sink = PacedSink(self.dir / f"{name}.fifo", speed=speed, rate=rate)
-        self.add_playback(name, sink.fifo)
-        self._threads.append(sink)
-        return sink
+    def add_codec(self, mic: str, speaker: str, period_ms: int = 20,
+                  speed: float = 1.0) -> Codec:
+        """A microphone and a speaker on one clock (see :class:`Codec`)."""
+        codec = Codec(self.dir / f"{mic}-{speaker}", period_ms=period_ms, speed=speed)
+        self.add_capture(mic, codec.mic_fifo)
+        self.add_playback(speaker, codec.speaker_fifo)
+        self._devices.append(codec)
+        return codec
 
     def remove(self, name: str) -> None:
         """Make a device vanish from the configuration (the next open fails)."""
@@ -119,9 +115,9 @@ class VirtualAlsa:
         os.environ["ALSA_CONFIG_PATH"] = self.config_path
 
     def close(self) -> None:
-        for t in self._threads:
-            t.close()
-        self._threads.clear()
+        for d in self._devices:
+            d.close()
+        self._devices.clear()
         if self._activated:
             self._activated = False
             if self._saved_env is None:
@@ -148,167 +144,6 @@ class VirtualAlsa:
         os.replace(tmp, self.asoundrc)   # new inode: alsa-lib notices and reloads
 
 
-class PacedSource:
-    """Feeds a capture FIFO with whole periods at (``speed`` x) real time: a live microphone.
-
-    ``play(pcm)`` queues speech; between clips the "room" is silent. ``played_at`` records when
-    each queued clip started entering the pipe, which benchmarks use as the speech onset.
-    """
-
-    def __init__(self, fifo: Path, period_ms: int, speed: float, rate: int) -> None:
-        self.fifo = fifo
-        self.rate = rate
-        self.speed = speed
-        self.chunk = rate * period_ms // 1000 * 2
-        self.room: Room | None = None     # echo of the speaker + noise bed, mixed in if set
-        with contextlib.suppress(FileNotFoundError):
-            fifo.unlink()
-        os.mkfifo(fifo)
-        # O_RDWR: opening never blocks and the pipe survives the reader closing/reopening.
-        self._fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-        fcntl.fcntl(self._fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-        self._clips: deque[tuple[bytes, threading.Event, list[float]]] = deque()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.dropped_bytes = 0
-        self._thread = threading.Thread(target=self._run, name=f"paced-src-{fifo.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def play(self, pcm: bytes) -> PlayedClip:
-        """Queue ``pcm`` (16 kHz S16_LE) after whatever is already queued."""
-        done = threading.Event()
-        started: list[float] = []
-        with self._lock:
-            self._clips.append((pcm, done, started))
-        return PlayedClip(done, started, len(pcm) / 2 / self.rate)
-
-    def idle(self) -> bool:
-        with self._lock:
-            return not self._clips
-
-    def _next_chunk(self) -> bytes:
-        with self._lock:
-            while self._clips:
-                pcm, done, started = self._clips[0]
-                if not started:
-                    started.append(time.monotonic())
-                if pcm:
-                    out, rest = pcm[:self.chunk], pcm[self.chunk:]
-                    self._clips[0] = (rest, done, started)
-                    return out.ljust(self.chunk, b"\0")
-                self._clips.popleft()
-                started.append(time.monotonic())
-                done.set()
-        return bytes(self.chunk)
-
-    def _run(self) -> None:
-        period = self.chunk / 2 / self.rate / self.speed
-        deadline = time.monotonic()
-        while not self._stop.is_set():
-            chunk = self._next_chunk()
-            room = self.room
-            if room is not None:
-                chunk = room.add_to(chunk, time.monotonic())
-            try:
-                os.write(self._fd, chunk)
-            except BlockingIOError:
-                self.dropped_bytes += len(chunk)   # nobody is reading: the room talks anyway
-            except OSError:
-                return
-            deadline += period
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
-            else:
-                deadline = time.monotonic()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-
-
-class Room:
-    """What a microphone hears besides the person: the device's own speaker and a noise bed.
-
-    The speaker's sound comes back ``echo_delay_ms`` later through a simple room response (a
-    direct path plus an exponentially decaying reverberant tail, ``rt60_s``), ``echo_gain_db``
-    relative to what the speaker played; the noise bed (any 16 kHz clip, looped) is added at its
-    own level. The echo is rebuilt from what the :class:`PacedSink` actually consumed and when
-    (its marks share CLOCK_MONOTONIC with this process), so it follows flushes, gaps and
-    barge-ins exactly as a real room would. Used by the pacer thread of a :class:`PacedSource`
-    (``source.room = Room(...)``); change ``echo_gain_db`` or ``noise`` at any time.
-    """
-
-    def __init__(self, speaker: PacedSink | None = None, *, echo_gain_db: float = -20.0,
-                 echo_delay_ms: float = 5.0, rt60_s: float = 0.25, noise: bytes = b"",
-                 seed: int = 0) -> None:
-        self.speaker = speaker
-        self.echo_gain_db = echo_gain_db
-        self.echo_delay_s = echo_delay_ms / 1000
-        self.noise = noise
-        rng = np.random.default_rng(seed)
-        n = int(rt60_s * CAPTURE_RATE)
-        k = np.arange(n)
-        tail = rng.standard_normal(n) * np.exp(-6.9 * k / max(1, n)) * 0.25
-        tail[0] = 1.0                                        # the direct path
-        self._ir = tail
-        self._overlap = np.zeros(n - 1)
-        self._noise_pos = 0
-        self._marks_seen = 0
-        self._bytes_seen = 0
-        self._segments: deque[tuple[float, np.ndarray]] = deque()   # (wall start, 24 kHz)
-
-    def add_to(self, chunk: bytes, now: float) -> bytes:
-        """``chunk`` (16 kHz S16_LE, the period being "recorded" now) plus echo and noise."""
-        x = np.frombuffer(chunk, dtype="<i2").astype(np.float64)
-        n = len(x)
-        speed = self.speaker.speed if self.speaker is not None else 1.0
-        if self.speaker is not None:
-            start = now - n / CAPTURE_RATE / speed - self.echo_delay_s / speed
-            dry = self._played(start, n, speed)
-            wet = np.convolve(dry, self._ir)
-            wet[:len(self._overlap)] += self._overlap
-            self._overlap = wet[n:].copy()
-            x += wet[:n] * 10 ** (self.echo_gain_db / 20)
-        if self.noise:
-            bed = np.frombuffer(self.noise, dtype="<i2").astype(np.float64)
-            idx = (self._noise_pos + np.arange(n)) % len(bed)
-            self._noise_pos = int((self._noise_pos + n) % len(bed))
-            x += bed[idx]
-        return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
-
-    def _played(self, start: float, n: int, speed: float) -> np.ndarray:
-        """The speaker's output resampled to 16 kHz for the wall-clock window that begins at
-        ``start`` and lasts ``n`` capture samples (zeros where nothing played)."""
-        assert self.speaker is not None
-        marks = self.speaker.marks_list(self._marks_seen)
-        if marks:
-            with self.speaker.out.open("rb") as f:
-                f.seek(self._bytes_seen)
-                raw = f.read(marks[-1][1] - self._bytes_seen)
-            base = self._bytes_seen
-            for t, total in marks:
-                seg = np.frombuffer(raw[self._bytes_seen - base:total - base], dtype="<i2")
-                self._segments.append((t, seg.astype(np.float64)))
-                self._bytes_seen = total
-            self._marks_seen += len(marks)
-        while self._segments and self._segments[0][0] < start - 2.0:
-            self._segments.popleft()
-        times = start + np.arange(n) / CAPTURE_RATE / speed
-        out = np.zeros(n)
-        for t0, seg in self._segments:
-            t1 = t0 + len(seg) / REPLY_RATE / speed
-            if t1 <= times[0] or t0 >= times[-1] or not len(seg):
-                continue
-            inside = (times >= t0) & (times < t1)
-            pos = (times[inside] - t0) * REPLY_RATE * speed
-            out[inside] = np.interp(pos, np.arange(len(seg)), seg)
-        return out
-
-
 @dataclass(frozen=True, slots=True)
 class PlayedClip:
     """Handle for a queued clip: ``done`` is set once its last period entered the pipe."""
@@ -328,32 +163,16 @@ class PlayedClip:
         return self._started[1] if len(self._started) > 1 else None
 
 
-class PacedSink:
-    """Drains a playback FIFO at (``speed`` x) real time and records what was "heard".
+_MARK = struct.Struct("<dq")
 
-    The reader runs in a child process, not a thread: alsa-lib's file plugin flushes its
-    pending bytes into the FIFO inside ``snd_pcm_drop()``, and pyalsaaudio keeps the GIL
-    there, so a reader thread in the same interpreter could never drain the pipe (deadlock).
-    The child appends the audio to ``<fifo>.raw`` and a (monotonic time, total bytes) record
-    per read to ``<fifo>.marks``; CLOCK_MONOTONIC is system-wide, so times compare directly.
-    """
 
-    def __init__(self, fifo: Path, speed: float, rate: int) -> None:
-        self.fifo = fifo
+class Speaker:
+    """What a :class:`Codec`'s speaker played: the audio and when each period of it played."""
+
+    def __init__(self, out: Path, marks: Path, rate: int) -> None:
+        self.out = out
+        self.marks = marks
         self.rate = rate
-        self.speed = speed
-        self.out = fifo.with_suffix(".raw")
-        self.marks = fifo.with_suffix(".marks")
-        with contextlib.suppress(FileNotFoundError):
-            fifo.unlink()
-        os.mkfifo(fifo)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from edged_testing.alsa import _sink_main; "
-             "_sink_main(*sys.argv[1:])", str(fifo), str(self.out), str(self.marks),
-             str(speed), str(rate)], stdout=subprocess.PIPE)
-        assert self._proc.stdout is not None
-        if self._proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError(f"virtual speaker for {fifo} did not start")
 
     @property
     def pipe_seconds(self) -> float:
@@ -364,7 +183,8 @@ class PacedSink:
         return self.out.read_bytes()
 
     def marks_list(self, start: int = 0) -> list[tuple[float, int]]:
-        """Every read from the ``start``-th on: (monotonic time, total bytes consumed)."""
+        """Every period that had sound, from the ``start``-th on: (monotonic time, total
+        bytes played)."""
         with self.marks.open("rb") as f:
             f.seek(start * _MARK.size)
             raw = f.read()
@@ -372,7 +192,7 @@ class PacedSink:
         return [_MARK.unpack_from(raw, i * _MARK.size) for i in range(n)]
 
     def bytes_after(self, t: float) -> int:
-        """Bytes the speaker consumed after monotonic time ``t``."""
+        """Bytes the speaker played after monotonic time ``t``."""
         marks = self.marks_list()
         before = 0
         for mt, total in marks:
@@ -385,39 +205,209 @@ class PacedSink:
         marks = self.marks_list()
         return marks[-1][0] if marks else None
 
+
+class Codec:
+    """A virtual sound card: a microphone and a speaker on one clock (module docstring).
+
+    ``play(pcm)`` queues 16 kHz speech for the microphone (silence between clips);
+    :meth:`set_room` sets the echo of the speaker and the noise bed; ``speaker`` reads back
+    what was played. Clips and room settings go to the child process over its stdin; it
+    reports when each clip started and ended over its stdout.
+    """
+
+    def __init__(self, base: Path, period_ms: int, speed: float) -> None:
+        self.mic_fifo = base.with_suffix(".mic.fifo")
+        self.speaker_fifo = base.with_suffix(".spk.fifo")
+        self._noise = base.with_suffix(".noise.raw")
+        self.speed = speed
+        self.speaker = Speaker(base.with_suffix(".spk.raw"), base.with_suffix(".spk.marks"),
+                               REPLY_RATE)
+        for fifo in (self.mic_fifo, self.speaker_fifo):
+            with contextlib.suppress(FileNotFoundError):
+                fifo.unlink()
+            os.mkfifo(fifo)
+        self._clips: dict[int, PlayedClip] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from edged_testing.alsa import _codec_main; "
+             "_codec_main(*sys.argv[1:])", str(self.mic_fifo), str(self.speaker_fifo),
+             str(self.speaker.out), str(self.speaker.marks), str(period_ms), str(speed)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"virtual sound card {base} did not start")
+        self._reader = threading.Thread(target=self._read_reports, daemon=True,
+                                        name=f"codec-{base.name}")
+        self._reader.start()
+
+    # --- the microphone ---------------------------------------------------------------------
+
+    def play(self, pcm: bytes) -> PlayedClip:
+        """Queue ``pcm`` (16 kHz S16_LE) after whatever is already queued."""
+        with self._lock:
+            cid = self._next_id
+            self._next_id += 1
+            clip = PlayedClip(threading.Event(), [], len(pcm) / 2 / CAPTURE_RATE)
+            self._clips[cid] = clip
+        self._send(b"C", struct.pack("<I", cid) + pcm)
+        return clip
+
+    def idle(self) -> bool:
+        with self._lock:
+            return all(c.done.is_set() for c in self._clips.values())
+
+    def set_room(self, echo_gain_db: float | None = None, *, echo_delay_ms: float = 5.0,
+                 rt60_s: float = 0.25, drr_db: float = 10.0, noise: bytes = b"",
+                 seed: int = 0) -> None:
+        """The room from now on: the speaker comes back ``echo_gain_db`` relative to what it
+        played (``None``: no echo), ``echo_delay_ms`` later, through a direct path plus a
+        decaying tail (``rt60_s``, its energy ``drr_db`` below the direct path's); ``noise``
+        (16 kHz S16_LE, looped) is added as it is."""
+        self._noise.write_bytes(noise)
+        cfg = {"echo_gain_db": echo_gain_db, "echo_delay_ms": echo_delay_ms,
+               "rt60_s": rt60_s, "drr_db": drr_db, "noise": str(self._noise) if noise else "",
+               "seed": seed}
+        self._send(b"R", json.dumps(cfg).encode())
+
+    def _send(self, kind: bytes, body: bytes) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(kind + struct.pack("<I", len(body)) + body)
+        self._proc.stdin.flush()
+
+    def _read_reports(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            what, cid, t = line.split()
+            with self._lock:
+                clip = self._clips.get(int(cid))
+            if clip is None:
+                continue
+            clip._started.append(float(t))
+            if what == b"end":
+                clip.done.set()
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait(timeout=5)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        for f in (self._proc.stdin, self._proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
-_MARK = struct.Struct("<dq")
+class _Room:
+    """The codec process's acoustic path from the speaker to the microphone."""
+
+    def __init__(self, cfg: dict[str, object], period16: int) -> None:
+        from edged.audio.frontend import Resampler24to16  # the device's own resampler
+
+        self.gain = (None if cfg["echo_gain_db"] is None
+                     else 10 ** (float(cfg["echo_gain_db"]) / 20))     # type: ignore[arg-type]
+        rng = np.random.default_rng(int(cfg["seed"]))      # type: ignore[arg-type]
+        n = max(2, int(float(cfg["rt60_s"]) * CAPTURE_RATE))   # type: ignore[arg-type]
+        tail = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n)
+        tail *= np.sqrt(10 ** (-float(cfg["drr_db"]) / 10)    # type: ignore[arg-type]
+                        / float(np.sum(tail[1:] ** 2)))
+        tail[0] = 1.0
+        self.ir = tail
+        self.overlap = np.zeros(n - 1)
+        delay = int(float(cfg["echo_delay_ms"]) * CAPTURE_RATE / 1000)   # type: ignore[arg-type]
+        self.line = np.zeros(delay + period16)
+        self.resample = Resampler24to16()
+        noise = str(cfg["noise"])
+        self.noise = (np.frombuffer(Path(noise).read_bytes(), dtype="<i2").astype(np.float64)
+                      if noise else None)
+        self.noise_pos = 0
+
+    def add(self, mic: np.ndarray, speaker24: np.ndarray) -> np.ndarray:
+        n = len(mic)
+        if self.gain is not None:
+            self.line = np.concatenate([self.line[n:], self.resample(speaker24)])
+            dry = self.line[:n]
+            wet = np.convolve(dry, self.ir)
+            wet[:len(self.overlap)] += self.overlap
+            self.overlap = wet[n:].copy()
+            mic = mic + wet[:n] * self.gain
+        if self.noise is not None and len(self.noise):
+            idx = (self.noise_pos + np.arange(n)) % len(self.noise)
+            self.noise_pos = int((self.noise_pos + n) % len(self.noise))
+            mic = mic + self.noise[idx]
+        return mic
 
 
-def _sink_main(fifo: str, out: str, marks: str, speed: str, rate: str) -> None:
-    """The virtual speaker process (see :class:`PacedSink`)."""
-    fd = os.open(fifo, os.O_RDWR)
-    fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-    bytes_per_s = int(rate) * 2 * float(speed)
+def _codec_main(mic_fifo: str, speaker_fifo: str, out: str, marks: str, period_ms: str,
+                speed: str) -> None:
+    """The virtual sound card process (see :class:`Codec`)."""
+    mic_fd = os.open(mic_fifo, os.O_RDWR | os.O_NONBLOCK)
+    fcntl.fcntl(mic_fd, _F_SETPIPE_SZ, _MIC_PIPE_BYTES)
+    spk_fd = os.open(speaker_fifo, os.O_RDWR | os.O_NONBLOCK)
+    fcntl.fcntl(spk_fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+    ctl = sys.stdin.buffer.raw.fileno()       # type: ignore[attr-defined]
+    os.set_blocking(ctl, False)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    n16 = CAPTURE_RATE * int(period_ms) // 1000
+    n24 = REPLY_RATE * int(period_ms) // 1000
+    period = int(period_ms) / 1000 / float(speed)
+    clips: deque[tuple[int, bytes]] = deque()
+    current: tuple[int, bytes] | None = None
+    room: _Room | None = None
+    inbox = bytearray()
+    total = 0
+    parent = os.getppid()
     with open(out, "wb", buffering=0) as fo, open(marks, "wb", buffering=0) as fm:
         print("ready", flush=True)
-        total = 0
         deadline = time.monotonic()
-        parent = os.getppid()
-        while True:
-            if not select.select([fd], [], [], 0.5)[0]:
-                if os.getppid() != parent:     # the test/demo died: don't linger
-                    return
-                continue
-            chunk = os.read(fd, 480)          # 10 ms at 24 kHz
+        while os.getppid() == parent:
+            with contextlib.suppress(BlockingIOError):
+                inbox += os.read(ctl, 1 << 20)
+            while len(inbox) >= 5:
+                size = struct.unpack_from("<I", inbox, 1)[0]
+                if len(inbox) < 5 + size:
+                    break
+                kind, body = inbox[:1], bytes(inbox[5:5 + size])
+                del inbox[:5 + size]
+                if kind == b"C":
+                    clips.append((struct.unpack_from("<I", body)[0], body[4:]))
+                else:
+                    room = _Room(json.loads(body), n16)
             now = time.monotonic()
-            total += len(chunk)
-            fo.write(chunk)
-            fm.write(_MARK.pack(now, total))
-            deadline = max(deadline, now - 0.02) + len(chunk) / bytes_per_s
+            # the speaker: one period, or silence for what the writer did not provide in time
+            try:
+                played = os.read(spk_fd, n24 * 2)
+            except BlockingIOError:
+                played = b""
+            if played:
+                total += len(played)
+                fo.write(played)
+                fm.write(_MARK.pack(now, total))
+            spk = np.zeros(n24)
+            spk[:len(played) // 2] = np.frombuffer(played[:len(played) // 2 * 2], dtype="<i2")
+            # the microphone: what is being said, the room, the echo
+            said = bytearray()
+            while len(said) < n16 * 2:
+                if current is None:
+                    if not clips:
+                        break
+                    current = clips.popleft()
+                    print(f"start {current[0]} {now}", flush=True)
+                take = n16 * 2 - len(said)
+                said += current[1][:take]
+                current = (current[0], current[1][take:])
+                if not current[1]:
+                    print(f"end {current[0]} {now + period}", flush=True)
+                    current = None
+            mic = np.zeros(n16)
+            mic[:len(said) // 2] = np.frombuffer(bytes(said), dtype="<i2")
+            if room is not None:
+                mic = room.add(mic, spk)
+            pcm = np.clip(np.round(mic), -32768, 32767).astype("<i2").tobytes()
+            with contextlib.suppress(BlockingIOError):
+                os.write(mic_fd, pcm)      # nobody reading: the room talks anyway
+            deadline += period
             delay = deadline - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            elif delay < -0.5:
+                deadline = time.monotonic()      # far behind (a frozen machine): no burst

@@ -3,9 +3,10 @@
 Shared by the wire-level tests, ``scripts/demo_voice.py`` and ``scripts/bench_voice.py`` so all
 three run exactly what the daemon runs - :class:`~edged.live.session.LiveSession` (real
 google-genai SDK over TLS) and :class:`~edged.audio.voice.VoiceLoop` (real ALSA API) - with only
-the outside world replaced: the microphone is a paced FIFO source
-(:class:`~edged_testing.alsa.PacedSource`), the speaker a paced FIFO sink, Gemini the
-simulator. ``speed`` > 1 runs the room faster than real time (tests); latency figures need 1.
+the outside world replaced: the microphone and the speaker are one virtual sound card
+(:class:`~edged_testing.alsa.Codec`, paced at real time; its room can echo the speaker back and
+add noise), Gemini is the simulator. ``speed`` > 1 runs the room faster than real time (tests);
+latency figures need 1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from edged.config import Settings
 from edged.events import LIVE_EVENTS, EventBus, LiveEvent, TurnFinished, TurnRecord
 from edged.live.session import LiveSession
 from edged.tools import Tool, ToolRegistry
-from edged_testing.alsa import PacedSink, PacedSource, VirtualAlsa
+from edged_testing.alsa import Codec, Speaker, VirtualAlsa
 from edged_testing.sim import LiveSimulator, Scenario
 
 MIC = "edged_mic"
@@ -46,8 +47,8 @@ async def poll_until(cond: Callable[[], bool], timeout: float,  # noqa: ASYNC109
 @dataclass
 class VoiceRig:
     va: VirtualAlsa
-    mic: PacedSource
-    speaker: PacedSink
+    mic: Codec            # the virtual sound card: play(), set_room()
+    speaker: Speaker      # what it played
     sim: LiveSimulator
     settings: Settings
     live: LiveSession
@@ -75,8 +76,12 @@ def rig_settings_data(sim: LiveSimulator, mode: str = "local",
         "gemini": {"base_url": sim.base_url, "ca_file": str(sim.ca_file),
                    "api_key": "sim-key-not-a-secret", "response_modality": "AUDIO"},
         "session": {"turn_detection": mode, "backoff_base_s": 0.05, "backoff_cap_s": 0.5},
+        # any speech opens a turn unless a test asks for the wake word
+        "listen": {"mode": "vad"},
+        # byte-exact uplink (the wire tests compare bytes) unless a test turns the DSP on
+        "echo": {"cancellation": False},
         "audio": {"capture_device": MIC, "playback_device": SPEAKER,
-                  "retry_base_s": 0.05, "retry_cap_s": 0.5},
+                  "retry_base_s": 0.05, "retry_cap_s": 0.5, "noise_suppression": False},
     }
     for section, values in (extra or {}).items():
         data.setdefault(section, {}).update(values)
@@ -94,9 +99,9 @@ async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: 
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     va = VirtualAlsa(directory)
     try:
-        mic = va.add_paced_capture(MIC, period_ms=(extra or {}).get("audio", {})
-                                   .get("period_ms", 20), speed=speed)
-        speaker = va.add_paced_playback(SPEAKER, speed=speed)
+        mic = va.add_codec(MIC, SPEAKER, speed=speed,
+                           period_ms=(extra or {}).get("audio", {}).get("period_ms", 20))
+        speaker = mic.speaker
         va.activate()
         async with LiveSimulator(scenario or Scenario.default()) as sim:
             settings = rig_settings(sim, mode, extra)

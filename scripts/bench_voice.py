@@ -35,7 +35,7 @@ import psutil
 
 from edged.formats import REPLY_RATE, bytes_per_ms
 from edged_testing import material as m
-from edged_testing.alsa import PacedSink, PacedSource, VirtualAlsa
+from edged_testing.alsa import Codec, Speaker, VirtualAlsa
 from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
 from edged_testing.voice_rig import MIC, SPEAKER, poll_until, rig_settings_data
 
@@ -114,14 +114,14 @@ def uplinked(sim: LiveSimulator) -> int:
                if "audio" in b["realtimeInput"])
 
 
-def first_sound_after(sink: PacedSink, t: float) -> float | None:
+def first_sound_after(sink: Speaker, t: float) -> float | None:
     for mt, _ in sink.marks_list():
         if mt > t:
             return mt
     return None
 
 
-def silent_from(sink: PacedSink, t: float, gap_s: float = 0.04) -> float | None:
+def silent_from(sink: Speaker, t: float, gap_s: float = 0.04) -> float | None:
     """When the speaker went quiet after ``t``: the last read before a >= 40 ms gap."""
     prev = None
     for mt, _ in sink.marks_list():
@@ -133,7 +133,7 @@ def silent_from(sink: PacedSink, t: float, gap_s: float = 0.04) -> float | None:
     return prev
 
 
-async def say(mic: PacedSource, pcm: bytes) -> tuple[float, float]:
+async def say(mic: Codec, pcm: bytes) -> tuple[float, float]:
     """Speak ``pcm`` now; returns (first sample time, end time)."""
     clip = mic.play(pcm)
     await asyncio.to_thread(clip.done.wait, WAIT_S)
@@ -143,8 +143,8 @@ async def say(mic: PacedSource, pcm: bytes) -> tuple[float, float]:
 
 async def run_mode(mode: str, workdir: Path, clips: dict[str, bytes]) -> dict[str, Any]:
     va = VirtualAlsa(workdir / mode)
-    mic = va.add_paced_capture(MIC, period_ms=20, speed=1.0)
-    sink = va.add_paced_playback(SPEAKER, speed=1.0)
+    mic = va.add_codec(MIC, SPEAKER, period_ms=20, speed=1.0)
+    sink = mic.speaker
     scenario = Scenario(
         rules=[Rule(on="turn", match="despliegue", actions=[Reply("largo", tone_seconds=12)])],
         transcripts=[QUESTIONS[0][0], *[q for q, _ in QUESTIONS]]
@@ -166,7 +166,7 @@ async def run_mode(mode: str, workdir: Path, clips: dict[str, bytes]) -> dict[st
     return r
 
 
-def record_turn(t: dict[str, Any], speech_end: float, sink: PacedSink,
+def record_turn(t: dict[str, Any], speech_end: float, sink: Speaker,
                 r: dict[str, Any]) -> None:
     ms = 1000.0
     if t.get("activity_end_sent"):
@@ -180,7 +180,7 @@ def record_turn(t: dict[str, Any], speech_end: float, sink: PacedSink,
             r["reply_to_speaker"].append((heard - t["first_reply_audio"]) * ms)
 
 
-async def run_script(dev: Device, sim: LiveSimulator, mic: PacedSource, sink: PacedSink,
+async def run_script(dev: Device, sim: LiveSimulator, mic: Codec, sink: Speaker,
                      clips: dict[str, bytes], r: dict[str, Any]) -> None:
     # (d, e) idle room: faint noise only
     cpu0, up0, t0 = dev.cpu_s(), uplinked(sim), time.monotonic()

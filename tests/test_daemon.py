@@ -175,8 +175,7 @@ async def start_daemon(tmp: Path, sim: LiveSimulator, index_dirs: Path,
             (tmp / d).symlink_to(index_dirs / d)
     alsa = VirtualAlsa(tmp / "alsa")
     if devices:
-        alsa.add_paced_capture("mic")
-        alsa.add_playback("spk", tmp / "speaker.raw")
+        alsa.add_codec("mic", "spk")
     cfg = tmp / "edged.toml"
     write_config(cfg, tmp, sim, **overrides)
     nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -1,11 +1,16 @@
-"""The speech gate on real espeak-ng speech, silence, noise and echo (no ALSA needed)."""
+"""The speech gate on real espeak-ng speech, silence, noise and echo (no ALSA needed).
+
+Frames come from the real front end (edged.audio.frontend: speech detector, no echo canceller
+or noise suppression here, so the uplinked audio is byte-for-byte the input), as in the daemon.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from edged.audio.vad import VadGate, dbfs
-from edged.config import EchoSettings, VadSettings
+from edged.audio.frontend import FrontEnd, dbfs
+from edged.audio.vad import EchoPolicy, VadGate
+from edged.config import AudioSettings, EchoSettings, Settings, VadSettings
 from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
 from edged_testing import material as m
 
@@ -22,13 +27,24 @@ def pregunta() -> bytes:
     return m.say("¿Qué es la gobernanza en el contexto de MLOps?", "es")
 
 
-def run(pcm: bytes, vad: VadSettings | None = None, echo: EchoSettings | None = None,
-        playing: bool = False) -> tuple[list[SpeechEvent], VadGate]:
-    gate = VadGate(vad or VadSettings(), echo or EchoSettings())
-    events: list[SpeechEvent] = []
+def frames(pcm: bytes, vad: VadSettings | None = None) -> list[AudioFrame]:
+    """The front end's frames for ``pcm`` (capture periods timed from t=0)."""
+    fe = FrontEnd(Settings(vad=vad or VadSettings(), echo=EchoSettings(cancellation=False),
+                           audio=AudioSettings(noise_suppression=False)), None)
+    out: list[AudioFrame] = []
     for i in range(0, len(pcm) - PERIOD + 1, PERIOD):
-        events += gate.feed(AudioFrame(pcm[i:i + PERIOD], t=(i + PERIOD) / 32000),
-                            playing=playing)
+        out += fe.process(AudioFrame(pcm[i:i + PERIOD], t=(i + PERIOD) / 32000))  # type: ignore[arg-type]
+    return out
+
+
+def run(pcm: bytes, vad: VadSettings | None = None, echo: EchoSettings | None = None,
+        playing: bool = False, policy: EchoPolicy | None = None
+        ) -> tuple[list[SpeechEvent], VadGate]:
+    vad = vad or VadSettings()
+    gate = VadGate(vad, echo or EchoSettings())
+    events: list[SpeechEvent] = []
+    for f in frames(pcm, vad):
+        events += gate.feed(f, playing=playing, policy=policy)
     return events, gate
 
 
@@ -53,20 +69,25 @@ def turns(events: list[SpeechEvent]) -> list[tuple[SpeechStarted, bytes, SpeechE
     return out
 
 
-def test_silence_and_quiet_noise_send_nothing() -> None:
+ENGINES = [VadSettings(engine="silero"), VadSettings(engine="webrtc")]
+
+
+@pytest.mark.parametrize("vad", ENGINES, ids=["silero", "webrtc"])
+def test_silence_and_quiet_noise_send_nothing(vad: VadSettings) -> None:
     for pcm in (m.silence(5000), m.noise(5000, -60, seed=1), m.noise(5000, -50, seed=2)):
-        events, gate = run(pcm)
+        events, gate = run(pcm, vad)
         assert events == []
         assert gate.stats.uplinked == 0
 
 
+@pytest.mark.parametrize("vad", ENGINES, ids=["silero", "webrtc"])
 @pytest.mark.parametrize("voice", ["question", "pregunta"])
-def test_one_turn_with_preroll_and_no_clipped_onset(voice: str,
+def test_one_turn_with_preroll_and_no_clipped_onset(voice: str, vad: VadSettings,
                                                     request: pytest.FixtureRequest) -> None:
     speech = request.getfixturevalue(voice)
     lead = 1000
     pcm = m.silence(lead) + speech + m.silence(1500)
-    events, _ = run(pcm)
+    events, _ = run(pcm, vad)
     [(start, audio, end)] = turns(events)
     assert end is not None and end.reason == "silence"
     # The uplinked audio is one contiguous piece of the input that begins before the speech.
@@ -91,12 +112,22 @@ def test_batches_are_40_to_100_ms(question: bytes) -> None:
     assert 0 < sizes[-1] <= 100
 
 
+@pytest.mark.parametrize("vad", ENGINES, ids=["silero", "webrtc"])
 @pytest.mark.parametrize("snr_db", [20, 10])
-def test_speech_in_noise_is_one_turn(question: bytes, snr_db: int) -> None:
+def test_speech_in_noise_is_one_turn(question: bytes, snr_db: int, vad: VadSettings) -> None:
     pcm = m.with_noise(m.silence(800) + question + m.silence(1500), snr_db, seed=snr_db)
-    [(_, audio, end)] = turns(run(pcm)[0])
+    [(_, audio, end)] = turns(run(pcm, vad)[0])
     assert end is not None
     assert len(audio) >= len(question)
+
+
+@pytest.mark.parametrize("kind", ["fan", "street", "kitchen", "music", "door"])
+def test_silero_opens_no_turn_on_loud_noise_where_webrtcvad_does(kind: str) -> None:
+    """20 s of each noise bed at a loud -30 dBFS and nobody speaking."""
+    bed = m.noise_bed(kind, 20_000, -30, seed=3)
+    assert run(bed, VadSettings(engine="silero"))[0] == []
+    if kind in ("music", "kitchen"):          # the kinds webrtcvad is known to fail on
+        assert turns(run(bed, VadSettings(engine="webrtc", aggressiveness=2))[0])
 
 
 def test_two_questions_two_turns(question: bytes, pregunta: bytes) -> None:
@@ -113,15 +144,19 @@ def test_short_blip_is_not_a_turn(question: bytes) -> None:
     assert gate.stats.rejected >= 1
 
 
-def test_max_turn_length_then_deaf_until_a_pause(question: bytes) -> None:
-    talk = question * 4
-    vad = VadSettings(max_turn_s=2.0, end_silence_ms=900)
+def test_max_turn_length_then_a_pause_or_the_cooldown(question: bytes) -> None:
+    talk = question * 4          # ~14 s with only short pauses
+    vad = VadSettings(max_turn_s=2.0, end_silence_ms=900, cooldown_s=30)
     events, _ = run(m.silence(300) + talk + m.silence(1500), vad)
     ts = turns(events)
     assert ts[0][2] is not None and ts[0][2].reason == "max_length"
     # max_turn_s from the onset, plus the part of the pre-roll before the onset
     assert 2.0 <= len(ts[0][1]) / 32000 <= 2.0 + vad.preroll_ms / 1000 + 0.05
     assert len(ts) == 1, "no new turn may start before a pause"
+    # ... but the gate is never deaf for long: after cooldown_s it listens again
+    events, _ = run(m.silence(300) + talk + m.silence(1500), vad.model_copy(
+        update={"cooldown_s": 1.0}))
+    assert len(turns(events)) >= 2
 
 
 def test_warmup_never_triggers_and_is_not_silence(question: bytes) -> None:
@@ -132,6 +167,16 @@ def test_warmup_never_triggers_and_is_not_silence(question: bytes) -> None:
     assert end is not None and end.reason == "silence"
     assert audio[:6400] == question[:6400], "audio from the warm-up is uplinked as pre-roll"
     assert len(audio) >= len(question)        # the turn did not end during the warm-up
+
+
+def test_with_a_converged_canceller_barge_in_needs_only_bargein_ms(question: bytes) -> None:
+    """trusted (the echo canceller converged): short speech over the reply barges in, and
+    the guard's loudness rule does not apply."""
+    short = m.scale_to(question[:int(0.3 * 32000)], -40)
+    pcm = m.silence(300) + short + m.silence(1200)
+    assert run(pcm, playing=True)[0] == []                      # guard: too quiet, too short
+    ts = turns(run(pcm, playing=True, policy="trusted")[0])
+    assert len(ts) == 1
 
 
 def test_echo_guard_ignores_own_voice_but_not_loud_user(question: bytes,
@@ -164,10 +209,8 @@ def test_open_policy_hears_its_own_echo_and_mute_hears_nothing(question: bytes) 
 
 def test_end_turn_from_outside_closes_only_open_turns(question: bytes) -> None:
     gate = VadGate(VadSettings(), EchoSettings())
-    pcm = m.silence(500) + question
-    events: list[SpeechEvent] = []
-    for i in range(0, len(pcm) - PERIOD + 1, PERIOD):
-        events += gate.feed(AudioFrame(pcm[i:i + PERIOD], t=i / 32000))
+    for f in frames(m.silence(500) + question):
+        gate.feed(f)
     assert gate.in_turn
     closing = gate.end_turn("muted", t=99.0)
     assert isinstance(closing[-1], SpeechEnded) and closing[-1].reason == "muted"
@@ -176,12 +219,51 @@ def test_end_turn_from_outside_closes_only_open_turns(question: bytes) -> None:
 
 def test_configure_applies_live(question: bytes) -> None:
     gate = VadGate(VadSettings(), EchoSettings())
-    gate.configure(VadSettings(aggressiveness=3, min_speech_ms=5000), EchoSettings())
-    pcm = m.silence(500) + question + m.silence(1500)
+    gate.configure(VadSettings(min_speech_ms=5000), EchoSettings())
     events: list[SpeechEvent] = []
-    for i in range(0, len(pcm) - PERIOD + 1, PERIOD):
-        events += gate.feed(AudioFrame(pcm[i:i + PERIOD], t=i / 32000))
+    for f in frames(m.silence(500) + question + m.silence(1500)):
+        events += gate.feed(f)
     assert events == [], "min_speech_ms=5000 must reject a 3 s question"
+
+
+def test_open_at_starts_the_turn_right_after_the_wake_word(question: bytes) -> None:
+    """"<wake phrase> <question>" in one breath: the turn's audio begins at the wake word's
+    end, never before it, and holds the question from its first syllable."""
+    wake = m.say("okay nabu")
+    pcm = m.silence(500) + wake + question + m.silence(1500)
+    fs = frames(pcm)
+    t_end = (500 * 32 + len(wake)) / 32000        # the wake phrase ends here
+    gate = VadGate(VadSettings(), EchoSettings())
+    events: list[SpeechEvent] = []
+    detected_at = t_end + 0.25                     # a detector fires a little later
+    opened = False
+    for f in fs:
+        events += gate.feed(f)
+        if not opened and f.t >= detected_at:
+            events = gate.open_at(t_end)           # what came before was not addressed
+            opened = True
+    [(start, audio, end)] = turns(events)
+    assert end is not None and end.reason == "silence"
+    assert abs(start.t - t_end) < 0.1
+    # the turn is a contiguous piece of the input starting within a frame of the wake's end
+    pos = pcm.find(audio[:3200])
+    assert pcm[pos:pos + len(audio)] == audio
+    wake_end = 500 * 32 + len(wake)
+    assert wake_end - 16 * 32 <= pos <= wake_end + 32 * 32, (pos - wake_end) / 32
+    assert question[1600:8000] in audio, "the question from its first syllables"
+
+
+def test_open_at_waits_for_a_question_after_a_pause(question: bytes) -> None:
+    """A pause after the wake word longer than end_silence_ms does not lose the question."""
+    pcm = m.silence(2000) + question + m.silence(1500)
+    gate = VadGate(VadSettings(end_silence_ms=500), EchoSettings())
+    events: list[SpeechEvent] = []
+    for i, f in enumerate(frames(pcm)):
+        events += gate.feed(f)
+        if i == 20:                                 # the wake word ended just before
+            events += gate.open_at(f.t)
+    [(start, audio, end)] = turns(events)
+    assert end is not None and abs(start.t - 2.0) < 0.25 and question[:6400] in audio
 
 
 def test_dbfs() -> None:

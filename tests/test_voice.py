@@ -203,7 +203,7 @@ async def test_mute_closes_the_turn_and_sends_nothing(tmp_path: Path, es: bytes)
     # the turn was closed by mute: what went up is what had been captured before it, far
     # less than the two questions spoken (nothing after activityEnd: bracketed() checks it)
     assert len(ups) == 1 and len(ups[0]) < len(es)
-    assert status["muted"] is False and status["echo"]["policy"] == "mute"
+    assert status["muted"] is False and status["echo"]["fallback_policy"] == "mute"
     assert status["vad"]["aggressiveness"] == 3 and rig.voice.gate.vad.aggressiveness == 3
     assert status["capture"]["device"] == "edged_mic" and status["capture"]["error"] is None
     assert turn.end_reason == "muted" and status["turns"][0]["end_reason"] == "muted"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import alsaaudio
@@ -42,13 +43,29 @@ def open_capture(device: str, period_ms: int) -> alsaaudio.PCM:
                          periodsize=RATE * period_ms // 1000, periods=4)
 
 
-class Capture:
-    """Owns the capture device; ``frames()`` yields :class:`AudioFrame` while ``run()`` runs."""
+Process = Callable[[AudioFrame], list[Any]]
 
-    def __init__(self, audio: AudioSettings) -> None:
+
+def _as_is(frame: AudioFrame) -> list[Any]:
+    return [frame]
+
+
+class Capture:
+    """Owns the capture device; ``frames()`` yields what ``process`` makes of each period
+    (by default the :class:`AudioFrame` itself) while ``run()`` runs.
+
+    Two threads: one only reads ALSA (so it is always back in ``read()`` within microseconds
+    and a burst of DSP never costs an overrun), the other runs ``process`` - the front end's
+    echo cancellation, speech detection and wake word - so that DSP never blocks the event
+    loop either.
+    """
+
+    def __init__(self, audio: AudioSettings, process: Process = _as_is) -> None:
         self.settings = audio
+        self.process = process
         self.health = DeviceHealth(audio.capture_device)
-        self._queue: asyncio.Queue[AudioFrame] = asyncio.Queue()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._raw: queue.Queue[AudioFrame] = queue.Queue(QUEUE_FRAMES)
         self._slots = threading.Semaphore(QUEUE_FRAMES)
         self._stop = threading.Event()
 
@@ -60,22 +77,27 @@ class Capture:
         """Capture until cancelled; device errors are retried inside, never raised."""
         loop = asyncio.get_running_loop()
         self._stop.clear()
-        thread = threading.Thread(target=self._thread_main, args=(loop,),
-                                  name="edged-capture", daemon=True)
-        thread.start()
+        threads = [threading.Thread(target=self._thread_main, name="edged-capture",
+                                    daemon=True),
+                   threading.Thread(target=self._process_main, args=(loop,),
+                                    name="edged-frontend", daemon=True)]
+        for t in threads:
+            t.start()
         try:
             await asyncio.Event().wait()
         finally:
             self._stop.set()
-            # The thread finishes its current read (one period) and closes the PCM itself.
-            await asyncio.shield(asyncio.to_thread(thread.join, 5.0))
+            # The reader finishes its current read (one period) and closes the PCM itself.
+            for t in threads:
+                await asyncio.shield(asyncio.to_thread(t.join, 5.0))
             self.health.set_state("stopped")
 
-    async def frames(self) -> AsyncIterator[AudioFrame]:
+    async def frames(self) -> AsyncIterator[Any]:
         while True:
-            frame = await self._queue.get()
+            items = await self._queue.get()
             self._slots.release()
-            yield frame
+            for item in items:
+                yield item
 
     def status(self) -> dict[str, Any]:
         d = self.health.as_dict()
@@ -83,31 +105,45 @@ class Capture:
         d["period_ms"] = self.settings.period_ms
         return d
 
-    # --- the capture thread -------------------------------------------------------------
+    # --- the threads ----------------------------------------------------------------------
 
-    def _deliver(self, loop: asyncio.AbstractEventLoop, frame: AudioFrame) -> bool:
-        while not self._slots.acquire(timeout=0.2):
-            if self._stop.is_set():
-                return False
-        try:
-            loop.call_soon_threadsafe(self._queue.put_nowait, frame)
-        except RuntimeError:      # event loop closed under us: shutting down
-            return False
-        return True
+    def _process_main(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Front end thread: raw periods in, processed items to the event loop."""
+        while not self._stop.is_set():
+            try:
+                frame = self._raw.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            items = self.process(frame)
+            while not self._slots.acquire(timeout=0.2):
+                if self._stop.is_set():
+                    return
+            try:
+                loop.call_soon_threadsafe(self._queue.put_nowait, items)
+            except RuntimeError:      # event loop closed under us: shutting down
+                return
 
-    def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _hand_over(self, frame: AudioFrame) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._raw.put(frame, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _thread_main(self) -> None:
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_cap_s)
         device, period_ms = self.settings.capture_device, self.settings.period_ms
 
         def serve(pcm: alsaaudio.PCM) -> None:
             log.info("capture: %s open (16 kHz mono, %d ms periods)", device, period_ms)
-            self._read_loop(pcm, loop, backoff)
+            self._read_loop(pcm, backoff)
 
         keep_open("capture", self._stop, self.health, backoff, log,
                   lambda: open_capture(device, period_ms), serve)
 
-    def _read_loop(self, pcm: alsaaudio.PCM, loop: asyncio.AbstractEventLoop,
-                   backoff: Backoff) -> None:
+    def _read_loop(self, pcm: alsaaudio.PCM, backoff: Backoff) -> None:
         opened_at = time.monotonic()
         fresh = True
         while not self._stop.is_set():
@@ -124,6 +160,6 @@ class Capture:
             if backoff.attempt and time.monotonic() - opened_at > STABLE_S:
                 backoff.reset()
                 self.health.failures = 0
-            if not self._deliver(loop, AudioFrame(bytes(data), fresh=fresh)):
+            if not self._hand_over(AudioFrame(bytes(data), fresh=fresh)):
                 return
             fresh = False

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import alsaaudio
 
@@ -54,15 +54,33 @@ def open_playback(device: str, buffer_ms: int) -> alsaaudio.PCM:
                          periodsize=RATE * PERIOD_MS // 1000, periods=periods)
 
 
-class Playback:
-    """Owns the playback device; ``enqueue`` / ``reply_done`` / ``flush`` from the event loop."""
+class Reference(Protocol):
+    """Where playback reports what it wrote (the echo canceller's reference)."""
 
-    def __init__(self, audio: AudioSettings) -> None:
+    def played(self, pcm24: bytes) -> None: ...
+    def dropped(self) -> None: ...
+    def underran(self) -> None: ...
+
+
+class Playback:
+    """Owns the playback device; ``enqueue`` / ``reply_done`` / ``flush`` / ``play_cue`` from
+    the event loop.
+
+    ``reference`` (optional) is told every period at the moment it is written to ALSA, and
+    when ALSA's buffer is dropped: the echo canceller's view of what the speaker plays.
+    Cues (earcons) have their own short queue: they are written between reply periods, never
+    counted as the reply (no ``first_write``/``finished`` for them) and never flushed by a
+    barge-in.
+    """
+
+    def __init__(self, audio: AudioSettings, reference: Reference | None = None) -> None:
         self.settings = audio
+        self.reference = reference
         self.health = DeviceHealth(audio.playback_device)
         self.events: asyncio.Queue[PlaybackEvent] = asyncio.Queue()
         self._cond = threading.Condition()
         self._jitter: deque[bytes] = deque()
+        self._cue: bytearray = bytearray()
         self._queued = 0
         self._started = False      # prebuffer satisfied, writing this reply
         self._done = False         # no more audio will come for this reply
@@ -89,6 +107,17 @@ class Playback:
             self._queued += len(pcm)
             self._done = False
             self._cond.notify()
+
+    def play_cue(self, pcm: bytes) -> None:
+        """Play a short local sound (24 kHz) as soon as possible; replaces a cue in progress."""
+        with self._cond:
+            self._cue = bytearray(pcm)
+            self._cond.notify()
+
+    @property
+    def cue_playing(self) -> bool:
+        with self._cond:
+            return bool(self._cue)
 
     def reply_done(self) -> None:
         """The server finished this reply: play out what is queued, then report ``finished``."""
@@ -148,11 +177,16 @@ class Playback:
                 self._loop.call_soon_threadsafe(self.events.put_nowait, ev)
 
     def _take(self) -> tuple[str, bytes]:
-        """Under the lock: decide the next action - ("drop"|"write"|"finish"|"idle", data)."""
+        """Under the lock: decide the next action -
+        ("drop"|"cue"|"write"|"finish"|"idle", data)."""
         if self._drop:
             self._drop = False
             self._active = False
             return "drop", b""
+        if self._cue:
+            out = bytes(self._cue[:PERIOD_BYTES]).ljust(PERIOD_BYTES, b"\0")
+            del self._cue[:PERIOD_BYTES]
+            return "cue", out
         prebuffer = self.settings.playback_prebuffer_ms * BYTES_PER_MS
         if self._queued and (self._started or self._done or self._queued >= prebuffer):
             self._started = True
@@ -197,31 +231,55 @@ class Playback:
                   lambda: open_playback(device, self.settings.playback_buffer_ms), serve,
                   discard_reply)
 
+    def _write(self, pcm: alsaaudio.PCM, data: bytes) -> None:
+        """Write one period and tell the echo reference, including when the device must have
+        run dry: an xrun, or (devices that never report one) this thread coming back to write
+        more than a whole buffer after its last write returned, while audio was flowing. (A
+        write that blocks because the buffer is full is the normal pace, not lateness.)"""
+        t = time.monotonic()
+        late = (self._last_write is not None
+                and t - self._last_write > self.settings.playback_buffer_ms / 1000)
+        ok = pcm.write(data) >= 0
+        self._last_write = time.monotonic()
+        if not ok:
+            self.health.xruns += 1
+        if self.reference is not None:
+            if not ok or late:
+                self.reference.underran()
+            self.reference.played(data)
+
     def _write_loop(self, pcm: alsaaudio.PCM, backoff: Backoff) -> None:
         opened_at = time.monotonic()
         first = True
+        self._last_write: float | None = None    # while audio flows to the device
         while not self._stop.is_set():
             with self._cond:
                 action, data = self._take()
                 if action == "idle":
                     first = True     # the next write starts (or resumes) audible output
+                    self._last_write = None
                     self._cond.wait(0.05)
                     continue
             if action == "drop":
                 pcm.drop()
+                if self.reference is not None:
+                    self.reference.dropped()
                 first = True
+                self._last_write = None
                 self._emit("flushed")
+            elif action == "cue":
+                self._write(pcm, data)
             elif action == "finish":
                 pcm.drain()
                 with self._cond:
                     self._active = False
                 first = True
+                self._last_write = None
                 self._emit("finished")
             else:
                 with self._cond:
                     self._active = True
-                if pcm.write(data) < 0:
-                    self.health.xruns += 1
+                self._write(pcm, data)
                 self.bytes_written += len(data)
                 self.health.frames += 1
                 if first:

@@ -1,60 +1,65 @@
 """The local speech gate: decides when a user turn starts and ends, keeping the onset.
 
-Pure logic over PCM bytes (webrtcvad + numpy), no ALSA and no asyncio, so every decision is
-unit-testable on synthetic audio. One :meth:`VadGate.feed` call per capture frame returns the
-:mod:`edged.events` speech messages it caused:
+Pure logic over the front end's frames (each one speech-detector frame with its speech
+probability, see :mod:`edged.audio.frontend`): no ALSA, no asyncio, no DSP, so every decision
+is unit-testable. One :meth:`VadGate.feed` call per frame returns the :mod:`edged.events`
+speech messages it caused:
 
 ``SpeechStarted`` (t = estimated onset) -> ``SpeechAudio`` batches (first the pre-roll, then
-live audio, each ``batch_ms`` long) -> ``SpeechEnded`` (silence or maximum turn length; t = the
-estimated end of speech, i.e. ``end_silence_ms`` before the decision).
+live audio, each ``batch_ms`` long) -> ``SpeechEnded`` (silence, maximum length, mute, device
+lost; t = the estimated end of speech).
 
 Decisions, in order (docs/voice.md says why each is there):
 
-* webrtcvad only accepts 10/20/30 ms frames, so capture periods are re-chunked to ``frame_ms``.
-* A continuous ring keeps the last ``preroll_ms`` + trigger window of audio; right after
+* A frame is voiced when its speech probability reaches ``vad.threshold``.
+* A continuous ring keeps the last ``preroll_ms`` + start window of audio; right after
   ``SpeechStarted`` the turn's audio begins ``preroll_ms`` before the estimated onset (the
-  first voiced frame of the trigger window). The trigger fires only after several voiced
-  frames; without the ring the first syllable would be clipped.
-* Start: ``start_voiced_frames`` voiced among the last ``start_window_frames``. The turn is
-  then *pending* until ``min_speech_ms`` of voiced audio accumulated (coughs and clicks are
+  first voiced frame of the start window), so the first syllable is never clipped.
+* Start: ``start_voiced_ms`` of voiced frames within ``start_window_ms``. The turn is then
+  *pending* until ``min_speech_ms`` of voiced audio accumulated (coughs and clicks are
   dropped); nothing is lost meanwhile, the pending audio follows the pre-roll.
 * End: ``end_silence_ms`` of consecutive unvoiced frames. ``max_turn_s`` cuts a turn that
-  never pauses (usually noise); the gate then stays deaf until a real pause.
+  never pauses; the gate then waits for a pause, but at most ``cooldown_s``, so it is never
+  deaf for long.
 * Warm-up: the first ``warmup_ms`` after a (re)start only fill the pre-roll ring. They never
-  trigger a turn and never count as silence (counted as silence, it would end turns at once).
-* Echo (while the device itself is speaking, :class:`EchoSettings`): ``guard`` counts a frame
-  as voiced only if it is also at least ``bargein_min_dbfs`` loud and needs ``bargein_min_ms``
-  of such speech before the turn (= a barge-in) is confirmed; ``mute`` ignores the microphone;
-  ``open`` changes nothing (its own voice may interrupt the device).
+  trigger a turn and never count as silence (counted as silence, they would end turns).
+* :meth:`VadGate.open_at` (wake word, ``edgectl listen``): look for a turn whose audio starts
+  no earlier than a given time, using the frames already heard since then - "okay nabu, ¿qué
+  hora es?" in one breath gives a turn that starts right after the wake word.
+* The device's own voice (``playing``), by the policy the voice loop passes with each frame:
+  ``trusted`` (the echo canceller has converged) - a barge-in needs ``echo.bargein_ms`` of
+  speech at least ``echo.bargein_snr_db`` above the background (the gate tracks the level of
+  unvoiced frames; noise and what is left of the echo can fool the detector for a frame or
+  three, but they are not louder than themselves); ``guard`` - a frame counts as voiced only
+  if it is also ``bargein_min_dbfs`` loud, and a barge-in needs ``bargein_min_ms`` of such
+  speech; ``mute`` - the microphone is ignored; ``open`` - no protection. Levels are those
+  the speech detector heard (echo cancelled, before noise suppression).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-import webrtcvad
-
+from edged.audio.frontend import dbfs
 from edged.config import EchoSettings, VadSettings
 from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
 from edged.formats import CAPTURE_RATE, bytes_per_ms
 
 RATE = CAPTURE_RATE
 BYTES_PER_MS = bytes_per_ms(RATE)
+SILERO_FRAME_MS = 32
+HISTORY_S = 3.0            # frames kept for open_at (the wake word's latency and more)
 GateState = Literal["warmup", "idle", "pending", "speaking", "cooldown"]
+EndReason = Literal["silence", "max_length", "muted", "device"]
+EchoPolicy = Literal["trusted", "guard", "mute", "open"]
 
 
-def dbfs(pcm: bytes) -> float:
-    """RMS level of S16_LE audio in dB relative to full scale (silence -> -120)."""
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    if x.size == 0:
-        return -120.0
-    rms = float(np.sqrt(np.mean(x * x)))
-    return 20 * math.log10(rms / 32768) if rms >= 1e-6 * 32768 else -120.0
+def frame_ms(vad: VadSettings) -> int:
+    """The speech detector's frame length: what one gate frame lasts."""
+    return SILERO_FRAME_MS if vad.engine == "silero" else vad.frame_ms
 
 
 @dataclass(slots=True)
@@ -70,7 +75,7 @@ class GateStats:
     voiced: int = 0
     uplinked: int = 0
     turns: int = 0
-    rejected: int = 0          # triggers that never reached min speech (or barge-in guard)
+    rejected: int = 0          # triggers that never reached min speech (or barge-in need)
 
     def as_dict(self) -> dict[str, float | int]:
         total = max(1, self.frames)
@@ -80,11 +85,9 @@ class GateStats:
 
 
 class VadGate:
-    """Turns a stream of capture frames into speech turns (see the module docstring)."""
+    """Turns a stream of speech-detector frames into speech turns (see the module docstring)."""
 
-    def __init__(self, vad: VadSettings, echo: EchoSettings,
-                 classify: Callable[[bytes], bool] | None = None) -> None:
-        self._classify = classify
+    def __init__(self, vad: VadSettings, echo: EchoSettings) -> None:
         self.stats = GateStats()
         self.configure(vad, echo)
         self.reset()
@@ -93,37 +96,42 @@ class VadGate:
         """Apply new parameters; takes effect from the next frame (live reload)."""
         self.vad = vad
         self.echo = echo
-        self._webrtc = webrtcvad.Vad(vad.aggressiveness)
-        self._frame_bytes = vad.frame_ms * BYTES_PER_MS
-        self._preroll_frames = math.ceil(vad.preroll_ms / vad.frame_ms)
-        ring_frames = self._preroll_frames + vad.start_window_frames
+        fm = self._fm = frame_ms(vad)
+        self._preroll_frames = math.ceil(vad.preroll_ms / fm)
+        self._start_voiced = math.ceil(vad.start_voiced_ms / fm)
+        window = max(self._start_voiced, math.ceil(vad.start_window_ms / fm))
+        ring_frames = self._preroll_frames + window
         old = list(getattr(self, "_ring", ()))
         self._ring: deque[_Frame] = deque(old[-ring_frames:], maxlen=ring_frames)
-        self._window: deque[bool] = deque(getattr(self, "_window", ()),
-                                          maxlen=vad.start_window_frames)
+        self._window: deque[bool] = deque(getattr(self, "_window", ()), maxlen=window)
+        self._history: deque[_Frame] = deque(getattr(self, "_history", ()),
+                                             maxlen=math.ceil(HISTORY_S * 1000 / fm))
 
     def reset(self) -> None:
         """Forget everything (capture restarted, unmuted): warm up again, no turn open."""
         self.state: GateState = "warmup"
         self._ring.clear()
         self._window.clear()
-        self._rest = b""
+        self._history.clear()
         self._warm_ms = 0
         self._turn: list[_Frame] = []
         self._batch = bytearray()
         self._voiced_ms = 0
         self._silence_ms = 0
         self._turn_ms = 0
+        self._cool_ms = 0
         self._onset_frames = 0
+        self._onset_t = 0.0
         self._last_voiced_end = 0.0
-        self._guarded = False
+        self._need_ms = self.vad.min_speech_ms
+        self._not_before: float | None = None
+        self._floor_db: float | None = None
 
     @property
     def in_turn(self) -> bool:
         return self.state == "speaking"
 
-    def end_turn(self, reason: Literal["silence", "max_length", "muted", "device"],
-                 t: float) -> list[SpeechEvent]:
+    def end_turn(self, reason: EndReason, t: float) -> list[SpeechEvent]:
         """Close an open turn from outside (mute, the microphone went away); a pending trigger
         is simply dropped."""
         events: list[SpeechEvent] = []
@@ -133,63 +141,99 @@ class VadGate:
         self.state = "idle"
         self._turn = []
         self._window.clear()
+        self._not_before = None
         return events
 
-    def feed(self, frame: AudioFrame, playing: bool = False) -> list[SpeechEvent]:
-        """Process one capture frame; ``playing``: the device's speaker is active right now."""
-        data = self._rest + frame.pcm
+    def open_at(self, t: float, playing: bool = False,
+                policy: EchoPolicy | None = None) -> list[SpeechEvent]:
+        """Start looking for a turn whose audio begins no earlier than ``t`` (the end of the
+        wake word, or now for ``edgectl listen``), counting what was heard since ``t``.
+
+        A turn the gate was following that started before ``t`` is abandoned without events
+        (it was not addressed to the device). Returns what the frames since ``t`` already
+        decide, e.g. a confirmed turn when the question followed the wake word at once.
+        """
+        if self.state == "speaking":
+            self._batch.clear()
+        since = [f for f in self._history if f.t >= t - self._fm / 2000]
+        self.state = "idle"
+        self._turn = []
+        self._not_before = t
+        self._ring.clear()
+        self._window.clear()
         events: list[SpeechEvent] = []
-        fb = self._frame_bytes
-        n = len(data) // fb
-        for i in range(n):
-            # frame.t is when the read returned (the end of this period); times of earlier
-            # samples are counted back from it, so no drift accumulates across periods.
-            t = frame.t - (len(data) - i * fb) / BYTES_PER_MS / 1000
-            events += self._step(data[i * fb:(i + 1) * fb], t, playing)
-        self._rest = data[n * fb:]
+        for f in since:
+            self._ring.append(f)
+            self._window.append(f.voiced)
+            if self.state == "idle":
+                if sum(self._window) >= self._start_voiced:
+                    events += self._trigger(playing, policy or self.echo.policy)
+            else:
+                events += self._after_trigger(f, playing)
         return events
 
-    # --- one VAD frame -------------------------------------------------------------------
-
-    def _is_voiced(self, pcm: bytes, playing: bool) -> bool:
-        if playing and self.echo.policy == "mute":
-            return False
-        voiced = self._classify(pcm) if self._classify else self._webrtc.is_speech(pcm, RATE)
-        if voiced and playing and self.echo.policy == "guard":
-            return dbfs(pcm) >= self.echo.bargein_min_dbfs
-        return voiced
-
-    def _step(self, pcm: bytes, t: float, playing: bool) -> list[SpeechEvent]:
-        fm = self.vad.frame_ms
-        voiced = self._is_voiced(pcm, playing)
-        f = _Frame(pcm, t, voiced)
+    def feed(self, frame: AudioFrame, playing: bool = False,
+             policy: EchoPolicy | None = None) -> list[SpeechEvent]:
+        """Process one front-end frame. ``playing``: the device's speaker is active right now;
+        ``policy``: how to treat the microphone meanwhile (default ``echo.policy``;
+        ``trusted`` once the echo canceller has converged)."""
+        policy = policy or self.echo.policy
+        voiced = self._is_voiced(frame, playing, policy)
+        # frame.t is the time of the frame's last sample
+        f = _Frame(frame.pcm, frame.t - len(frame.pcm) / BYTES_PER_MS / 1000, voiced)
         self.stats.frames += 1
         self.stats.voiced += voiced
+        self._history.append(f)
         if self.state == "warmup":
             self._ring.append(f)
-            self._warm_ms += fm
+            self._warm_ms += self._fm
             if self._warm_ms >= self.vad.warmup_ms:
                 self.state = "idle"
             return []
         if self.state == "idle":
             self._ring.append(f)
             self._window.append(voiced)
-            if sum(self._window) >= self.vad.start_voiced_frames:
-                return self._trigger(playing)
+            if sum(self._window) >= self._start_voiced:
+                return self._trigger(playing, policy)
             return []
-        self._silence_ms = 0 if voiced else self._silence_ms + fm
-        if voiced:
-            self._last_voiced_end = t + fm / 1000
+        return self._after_trigger(f, playing)
+
+    # --- one frame ------------------------------------------------------------------------
+
+    def _is_voiced(self, frame: AudioFrame, playing: bool, policy: EchoPolicy) -> bool:
+        voiced = (frame.speech or 0.0) >= self.vad.threshold
+        level = frame.level if frame.level is not None else dbfs(frame.pcm)
+        floor = level if self._floor_db is None else self._floor_db
+        if not voiced:
+            # the background level: quick to fall, slow to rise, and one odd frame moves it
+            # only part of the way
+            floor += (0.2 if level < floor else 0.02) * (level - floor)
+            self._floor_db = floor
+        if not playing or policy == "open":
+            return voiced
+        if policy == "trusted":
+            return voiced and level >= floor + self.echo.bargein_snr_db
+        if policy == "mute":
+            return False
+        return voiced and level >= self.echo.bargein_min_dbfs      # guard
+
+    def _after_trigger(self, f: _Frame, playing: bool) -> list[SpeechEvent]:
+        fm = self._fm
+        self._silence_ms = 0 if f.voiced else self._silence_ms + fm
+        if f.voiced:
+            self._last_voiced_end = f.t + fm / 1000
         if self.state == "cooldown":
             self._ring.append(f)
-            if self._silence_ms >= self.vad.end_silence_ms:
+            self._cool_ms += fm
+            if (self._silence_ms >= self.vad.end_silence_ms
+                    or self._cool_ms >= self.vad.cooldown_s * 1000):
                 self.state = "idle"
                 self._window.clear()
             return []
         if self.state == "pending":
             self._turn.append(f)
             self._onset_frames += 1
-            self._voiced_ms += fm * voiced
+            self._voiced_ms += fm * f.voiced
             if self._silence_ms >= self.vad.end_silence_ms:
                 self.stats.rejected += 1
                 self._ring.extend(self._turn)
@@ -197,41 +241,52 @@ class VadGate:
                 self._window.clear()
                 self.state = "idle"
                 return []
-            return self._confirm_if_ready(t)
+            return self._confirm_if_ready(f.t)
         # speaking
         self._ring.append(f)
-        events = self._add_audio(pcm, t)
+        events = self._add_audio(f.pcm, f.t)
         if self._silence_ms >= self.vad.end_silence_ms:
             # SpeechEnded.t is the estimated end of speech (the last voiced frame), so the
             # end_silence_ms hangover shows up in every end-of-speech latency downstream.
             return events + self._close(self._last_voiced_end, "silence")
         self._turn_ms += fm
         if self._turn_ms >= self.vad.max_turn_s * 1000:
-            return events + self._close(t + fm / 1000, "max_length")
+            return events + self._close(f.t + fm / 1000, "max_length")
         return events
 
-    def _trigger(self, playing: bool) -> list[SpeechEvent]:
-        """N of M voiced: the turn becomes pending, starting with the whole pre-roll ring."""
+    def _trigger(self, playing: bool, policy: EchoPolicy) -> list[SpeechEvent]:
+        """Enough voiced frames: the turn becomes pending, starting with the pre-roll."""
         frames = list(self._ring)
         window = list(self._window)
         onset_idx = len(frames) - len(window) + window.index(True)
-        self._turn = frames[max(0, onset_idx - self._preroll_frames):]
+        start = max(0, onset_idx - self._preroll_frames)
+        if self._not_before is not None:          # never before the wake word's end
+            while start < onset_idx and frames[start].t < self._not_before - self._fm / 2000:
+                start += 1
+        self._turn = frames[start:]
         self._onset_t = frames[onset_idx].t
         self._onset_frames = len(frames) - onset_idx
-        self._voiced_ms = sum(self.vad.frame_ms for f in frames[onset_idx:] if f.voiced)
+        self._voiced_ms = sum(self._fm for f in frames[onset_idx:] if f.voiced)
         self._silence_ms = 0
-        self._guarded = playing and self.echo.policy == "guard"
+        if not playing:
+            self._need_ms = self.vad.min_speech_ms
+        elif policy == "trusted":
+            self._need_ms = self.echo.bargein_ms
+        elif policy == "guard":
+            self._need_ms = self.echo.bargein_min_ms
+        else:
+            self._need_ms = self.vad.min_speech_ms
         self.state = "pending"
         return self._confirm_if_ready(frames[-1].t)
 
     def _confirm_if_ready(self, t: float) -> list[SpeechEvent]:
-        need = self.echo.bargein_min_ms if self._guarded else self.vad.min_speech_ms
-        if self._voiced_ms < need:
+        if self._voiced_ms < self._need_ms:
             return []
         self.state = "speaking"
         self.stats.turns += 1
+        self._not_before = None
         # turn length is counted in audio time from the onset (the clock may be paced)
-        self._turn_ms = self._onset_frames * self.vad.frame_ms
+        self._turn_ms = self._onset_frames * self._fm
         self._ring.clear()
         events: list[SpeechEvent] = [SpeechStarted(t=self._onset_t)]
         for f in self._turn:
@@ -257,5 +312,6 @@ class VadGate:
         events = self._flush_batch(t)
         events.append(SpeechEnded(t=t, reason=reason))
         self._window.clear()
+        self._cool_ms = 0
         self.state = "cooldown" if reason == "max_length" else "idle"
         return events

@@ -1,25 +1,36 @@
-"""The voice loop: microphone -> speech gate -> Live session -> speaker, and the turn state.
+"""The voice loop: microphone -> front end -> speech gate -> Live session -> speaker.
 
 Three independent parts, each with its own recovery loop: :class:`Capture` and
 :class:`Playback` (ALSA threads, retry with backoff) and the Live session (owned by the
-daemon, reached only through :class:`LiveLink` and its event queue). This module wires them
-and keeps the one small state machine ``edgectl status`` shows:
+daemon, reached only through :class:`LiveLink` and the event bus). The front end (echo
+cancellation, speech detection, the wake word: :mod:`edged.audio.frontend`) runs in the capture
+thread. This module wires them, decides when the device is *addressed*, and keeps the one small
+state machine ``edgectl status`` and an LED ring show:
 
-``idle`` -(speech confirmed)-> ``listening`` -(activityEnd sent)-> ``thinking``
--(first reply audio)-> ``speaking`` -(played out)-> ``idle``; ``interrupted`` while playback is
-being flushed (server ``interrupted`` or local barge-in), then ``listening`` or ``idle``.
+``idle`` -(wake word / speech / ``edgectl listen``)-> ``listening`` -(activityEnd sent)->
+``thinking`` -(first reply audio)-> ``speaking`` -(played out)-> ``follow_up`` (wake and manual
+modes: speech continues the conversation without the wake word) -> ``idle``; ``interrupted``
+while playback is being flushed.
 
-Local turn detection (``session.turn_detection = "local"``): the gate's ``SpeechStarted`` /
-``SpeechAudio`` / ``SpeechEnded`` become ``activityStart`` / audio / ``activityEnd``; nothing is
-uplinked outside a turn. A turn confirmed while the device speaks is a barge-in: playback is
-flushed at once, and reply audio still in flight from the old answer is discarded until the
-new turn's ``activityEnd`` is sent. Server mode (the baseline) streams every frame and leaves
-turn-taking and interruptions to the server; the gate then only timestamps turns.
+**Who may open a turn** (``listen.mode``): ``vad`` - any speech the gate confirms; ``wake`` -
+speech within ``question_timeout_s`` after the wake word or ``edgectl listen``, within the
+follow-up window after a reply, or over the device's own reply (a barge-in, unless
+``listen.barge_in = "wake_word"``); ``manual`` - the same without the wake word. Nothing is
+uplinked for speech that may not open a turn: in ``wake`` mode an idle room sends nothing.
+
+**Local turn detection** (``session.turn_detection = "local"``): an accepted turn becomes
+``activityStart`` / audio / ``activityEnd``. A turn confirmed while the device speaks is a
+barge-in: playback is flushed at once. Server mode (the baseline) streams every frame while a
+conversation is open and leaves turn-taking and interruptions to the server.
+
+**Which reply an event belongs to.** Gemini answers turns in order, and after a barge-in the
+old turn's late ``interrupted``/``turnComplete`` and any audio still in flight arrive before the
+new turn's reply. The loop counts the replies it is owed (one per ``activityEnd``); anything
+that arrives while more than one is owed belongs to an older turn and is discarded.
 
 Every turn gets a :class:`~edged.events.TurnRecord` with monotonic timestamps; the finished
-record is logged as one INFO line with its latencies, kept in a deque for status and published
-as :class:`~edged.events.TurnFinished`. State changes are published as
-:class:`~edged.events.VoiceStateChanged` (what an LED ring shows).
+record is logged as one INFO line, kept for status and published as
+:class:`~edged.events.TurnFinished`.
 """
 
 from __future__ import annotations
@@ -28,15 +39,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from typing import Any
 
+from edged.audio import cues
 from edged.audio.capture import Capture
 from edged.audio.device import DeviceHealth
+from edged.audio.frontend import EchoReference, FrontEnd, WakeHit, WakeWord
 from edged.audio.playback import Playback, PlaybackEvent
-from edged.audio.vad import VadGate
+from edged.audio.vad import EchoPolicy, VadGate
 from edged.config import Settings
 from edged.events import (
+    AudioFrame,
     DeviceChanged,
     EventBus,
     GenerationComplete,
@@ -53,8 +68,10 @@ from edged.events import (
     TurnComplete,
     TurnFinished,
     TurnRecord,
+    TurnTrigger,
     VoiceState,
     VoiceStateChanged,
+    WakeWordDetected,
     now,
     reply_chunk,
 )
@@ -63,13 +80,22 @@ from edged.formats import CAPTURE_RATE, bytes_per_ms
 log = logging.getLogger(__name__)
 
 RECENT_TURNS = 20
+LISTEN_PREROLL_S = 0.3     # `edgectl listen`: keep what was said just before the button
 # What the voice loop consumes from the Live session.
 _LIVE_INPUT = (ModelAudio, Interrupted, TurnComplete, GenerationComplete, Transcription,
                ToolCallStarted, SessionChanged)
 
 
+def make_wake_word(settings: Settings) -> WakeWord | None:
+    """The wake word detector ``listen.mode`` needs (only ``wake`` does)."""
+    ls = settings.listen
+    if ls.mode != "wake":
+        return None
+    return WakeWord(ls.wake_model, ls.wake_cutoff, ls.wake_refractory_s)
+
+
 class VoiceLoop:
-    """Capture, gate, uplink, playback and turn bookkeeping for one Live session."""
+    """Capture, front end, gate, uplink, playback and turn bookkeeping for one Live session."""
 
     def __init__(self, settings: Settings, live: LiveLink, bus: EventBus) -> None:
         self.settings = settings
@@ -77,28 +103,39 @@ class VoiceLoop:
         self.bus = bus
         self.live_events = bus.subscribe(*_LIVE_INPUT)
         self.mode = settings.session.turn_detection
-        self.capture = Capture(settings.audio)
-        self.playback = Playback(settings.audio)
+        self.reference = EchoReference() if settings.echo.cancellation else None
+        self.frontend = FrontEnd(settings, self.reference, make_wake_word(settings))
+        self.capture = Capture(settings.audio, self.frontend.process)
+        self.playback = Playback(settings.audio, self.reference)
         self.gate = VadGate(settings.vad, settings.echo)
         self.state: VoiceState = "idle"
         self.muted = False
         self.session_state = "unknown"
         self.turns: deque[TurnRecord] = deque(maxlen=RECENT_TURNS)
+        self.wakes = 0
+        self.last_wake: float | None = None            # wall time
+        self.send_errors = 0
         self._turn: TurnRecord | None = None        # being spoken by the user
         self._reply: TurnRecord | None = None       # whose reply is awaited or playing
+        self._accepting = False                     # the gate's current turn may go up
+        self._opened_by: TurnTrigger | None = None  # wake / listen, while awaiting a question
+        self._awaiting_until: float | None = None
+        self._follow_up_until: float | None = None
+        self._window_timer: asyncio.TimerHandle | None = None
         self._discard_reply_audio = False
+        self._owed = 0                               # replies owed for activityEnds sent
         self._last_played = 0.0
         self._outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._stream = bytearray()
-        self.send_errors = 0
 
     # --- public API -------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run every part until cancelled; each part recovers from its own failures."""
-        log.info("voice: %s turn detection, echo policy %s, capture %s, playback %s",
-                 self.mode, self.settings.echo.policy, self.settings.audio.capture_device,
-                 self.settings.audio.playback_device)
+        log.info("voice: listen mode %s, %s turn detection, %s VAD, echo cancellation %s, "
+                 "capture %s, playback %s", self.settings.listen.mode, self.mode,
+                 self.settings.vad.engine, "on" if self.reference else "off",
+                 self.settings.audio.capture_device, self.settings.audio.playback_device)
         loop = asyncio.get_running_loop()
         self.capture.health.listener = functools.partial(self._device_changed, loop, "capture")
         self.playback.health.listener = functools.partial(self._device_changed, loop,
@@ -120,6 +157,8 @@ class VoiceLoop:
             loop.call_soon_threadsafe(self.bus.publish, ev)
 
     def status(self) -> dict[str, Any]:
+        fe, echo = self.frontend, self.frontend.echo
+        t = now()
         return {
             "state": self.state,
             "mode": self.mode,
@@ -127,15 +166,43 @@ class VoiceLoop:
             "session": self.session_state,
             "capture": self.capture.status(),
             "playback": self.playback.status(),
-            "vad": {"mode": self.mode, "gate": self.gate.state,
+            "listen": {
+                "mode": self.settings.listen.mode,
+                "wake_model": fe.wake.name if fe.wake else None,
+                "wakes": self.wakes,
+                "last_wake": self.last_wake,
+                "awaiting_question_s": (round(self._awaiting_until - t, 1)
+                                        if self._awaiting_until else None),
+                "follow_up_s": (round(self._follow_up_until - t, 1)
+                                if self._follow_up_until else None),
+                "barge_in": self.settings.listen.barge_in},
+            "vad": {"engine": fe.detector.name, "gate": self.gate.state,
+                    "threshold": self.settings.vad.threshold,
                     "aggressiveness": self.settings.vad.aggressiveness,
                     **self.gate.stats.as_dict()},
-            "echo": {"policy": self.settings.echo.policy,
-                     "bargein_min_ms": self.settings.echo.bargein_min_ms,
-                     "bargein_min_dbfs": self.settings.echo.bargein_min_dbfs},
+            "echo": {"cancellation": echo is not None,
+                     "state": echo.state if echo else "off",
+                     "erle_db": round(echo.erle_db, 1) if echo and echo.erle_db else None,
+                     "failing": bool(echo and echo.failing),
+                     "fallback_policy": self.settings.echo.policy,
+                     "bargein_ms": self.settings.echo.bargein_ms},
+            "frontend": {"cpu_per_audio_s": (round(fe.cpu_s / fe.audio_s, 4)
+                                             if fe.audio_s else None),
+                         "noise_suppression": self.settings.audio.noise_suppression},
             "send_errors": self.send_errors,
             "turns": [t.as_dict() for t in self.turns],
         }
+
+    def listen(self) -> dict[str, Any]:
+        """``edgectl listen``: open a turn now, in any mode (a button, a script)."""
+        if self.muted:
+            return {"listening": False, "reason": "muted"}
+        if self._turn is not None:
+            return {"listening": True, "reason": "already in a turn"}
+        if self._device_speaking():
+            self._barge_in(now())
+        self._open("listen", now() - LISTEN_PREROLL_S)
+        return {"listening": True, "question_timeout_s": self.settings.listen.question_timeout_s}
 
     def mute(self) -> None:
         """Stop listening: an open turn is closed (activityEnd) and the mic is ignored."""
@@ -143,6 +210,7 @@ class VoiceLoop:
             return
         self.muted = True
         self._handle_speech(self.gate.end_turn("muted", now()))
+        self._close_windows()
         self._stream.clear()
         log.info("voice: muted")
 
@@ -154,22 +222,118 @@ class VoiceLoop:
         log.info("voice: unmuted")
 
     def apply_settings(self, settings: Settings) -> list[str]:
-        """Live-apply VAD and echo settings; returns the keys (devices, turn mode) that take
-        effect only after a restart."""
+        """Live-apply VAD, echo and listening settings; returns the keys (devices, turn mode,
+        echo cancellation) that take effect only after a restart."""
         needs_restart = [
             key for key, old, new in (
-                ("audio", self.settings.audio, settings.audio),
+                ("audio", self.settings.audio.model_dump(exclude={"noise_suppression"}),
+                 settings.audio.model_dump(exclude={"noise_suppression"})),
                 ("session.turn_detection", self.settings.session.turn_detection,
-                 settings.session.turn_detection))
+                 settings.session.turn_detection),
+                ("echo.cancellation", self.settings.echo.cancellation,
+                 settings.echo.cancellation))
             if old != new]
         if needs_restart:
             log.warning("voice: %s changed; takes effect after a restart of edged",
                         ", ".join(needs_restart))
-        self.settings = settings.model_copy(update={"audio": self.settings.audio,
-                                                    "session": self.settings.session})
-        self.gate.configure(settings.vad, settings.echo)
-        log.info("voice: applied vad/echo settings (echo policy %s)", settings.echo.policy)
+        wake = self.frontend.wake
+        if settings.listen.model_dump(include={"mode", "wake_model", "wake_cutoff",
+                                               "wake_refractory_s"}) != \
+                self.settings.listen.model_dump(include={"mode", "wake_model", "wake_cutoff",
+                                                         "wake_refractory_s"}):
+            wake = make_wake_word(settings)
+        self.settings = settings.model_copy(update={
+            "session": self.settings.session,
+            "audio": self.settings.audio.model_copy(
+                update={"noise_suppression": settings.audio.noise_suppression}),
+            "echo": settings.echo.model_copy(
+                update={"cancellation": self.settings.echo.cancellation})})
+        self.frontend.configure(self.settings, wake)
+        self.gate.configure(settings.vad, self.settings.echo)
+        if settings.listen.mode == "vad":
+            self._close_windows()
+        log.info("voice: applied listen/vad/echo settings (mode %s, %s VAD)",
+                 settings.listen.mode, settings.vad.engine)
         return needs_restart
+
+    # --- who may speak to the device --------------------------------------------------------
+
+    def _accepts(self, t: float) -> TurnTrigger | None:
+        """Why a turn whose speech began at ``t`` may go up, or ``None`` if it may not."""
+        ls = self.settings.listen
+        if self._device_speaking() and (ls.mode == "vad" or ls.barge_in == "speech"):
+            return "barge_in"
+        if ls.mode == "vad":
+            return "vad"
+        if self._awaiting_until is not None and t <= self._awaiting_until:
+            return self._opened_by
+        if self._follow_up_until is not None and t <= self._follow_up_until:
+            return "follow_up"
+        return None
+
+    def _conversation_open(self) -> bool:
+        """Server turn detection: stream only while the device is being talked to."""
+        return (self.settings.listen.mode == "vad" or self._awaiting_until is not None
+                or self._follow_up_until is not None or self.state != "idle")
+
+    def _open(self, trigger: TurnTrigger, since: float) -> None:
+        """Wake word or ``edgectl listen``: accept a turn that starts within the question
+        timeout, with audio from ``since`` on."""
+        self._opened_by = trigger
+        self._awaiting_until = now() + self.settings.listen.question_timeout_s
+        self._follow_up_until = None
+        self._schedule_window_end(self._awaiting_until)
+        self._set_state("listening")
+        self._handle_speech(self.gate.open_at(since, self._device_speaking(),
+                                              self._echo_policy()))
+
+    def _open_follow_up(self) -> None:
+        ls = self.settings.listen
+        if ls.mode == "vad" or ls.follow_up_s <= 0 or self.muted:
+            self._set_state("idle")
+            return
+        self._follow_up_until = now() + ls.follow_up_s
+        self._schedule_window_end(self._follow_up_until)
+        self._set_state("follow_up")
+
+    def _schedule_window_end(self, at: float) -> None:
+        if self._window_timer is not None:
+            self._window_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._window_timer = loop.call_later(max(0.0, at - now()), self._window_ended)
+
+    def _window_ended(self) -> None:
+        t = now()
+        if self._awaiting_until is not None and t >= self._awaiting_until:
+            self._awaiting_until = self._opened_by = None
+        if self._follow_up_until is not None and t >= self._follow_up_until:
+            self._follow_up_until = None
+        if (self._turn is None and self._awaiting_until is None
+                and self._follow_up_until is None and self.state in ("listening", "follow_up")):
+            log.info("voice: nobody spoke; back to idle")
+            self._set_state("idle")
+
+    def _close_windows(self) -> None:
+        self._awaiting_until = self._follow_up_until = self._opened_by = None
+        if self._window_timer is not None:
+            self._window_timer.cancel()
+        if self._turn is None and self.state in ("listening", "follow_up"):
+            self._set_state("idle")
+
+    def _on_wake(self, hit: WakeHit) -> None:
+        if self.muted:
+            return
+        self.wakes += 1
+        self.last_wake = time.time()
+        log.info("voice: wake word %r (p=%.2f)", hit.model, hit.probability)
+        self.bus.publish(WakeWordDetected(hit.model, hit.probability))
+        if self._turn is not None:         # already talking to the device
+            return
+        if self._device_speaking():
+            self._barge_in(hit.t)
+        if self.settings.listen.earcon:
+            self.playback.play_cue(cues.sound("wake"))
+        self._open("wake", hit.end)
 
     # --- uplink: mic -> gate -> Live ----------------------------------------------------------
 
@@ -178,8 +342,22 @@ class VoiceLoop:
             return True
         return now() - self._last_played < self.settings.echo.tail_ms / 1000
 
+    def _echo_policy(self) -> EchoPolicy:
+        """How to treat the microphone while the device speaks: fast barge-in once the echo
+        canceller has converged; no barge-in at all while it is still converging (its own voice
+        passes nearly unchanged for the first seconds); ``echo.policy`` without a canceller or
+        when it fails to converge."""
+        echo = self.frontend.echo
+        if echo is None or echo.failing:
+            return self.settings.echo.policy
+        return "trusted" if echo.trusted else "mute"
+
     async def _uplink(self) -> None:
-        async for frame in self.capture.frames():
+        async for item in self.capture.frames():
+            if isinstance(item, WakeHit):
+                self._on_wake(item)
+                continue
+            frame: AudioFrame = item
             if frame.fresh:
                 # The microphone (re)opened: a turn in progress was cut off with it, and what
                 # comes now is not continuous with what came before. A late frame is not a
@@ -188,8 +366,8 @@ class VoiceLoop:
                 self.gate.reset()
             if self.muted:
                 continue
-            events = self.gate.feed(frame, playing=self._device_speaking())
-            if self.mode == "server":
+            events = self.gate.feed(frame, self._device_speaking(), self._echo_policy())
+            if self.mode == "server" and self._conversation_open():
                 self._stream += frame.pcm
                 if len(self._stream) >= self.settings.vad.batch_ms * bytes_per_ms(
                         CAPTURE_RATE):
@@ -201,23 +379,31 @@ class VoiceLoop:
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 self._on_speech_started(ev)
+            elif not self._accepting:
+                continue                   # speech nobody addressed to the device
             elif isinstance(ev, SpeechAudio):
                 if self._turn is not None:
                     self._turn.uplinked_bytes += len(ev.pcm)
                 if self.mode == "local":
                     self._outbox.put_nowait(("audio", ev.pcm))
             elif isinstance(ev, SpeechEnded):
+                self._accepting = False
                 self._on_speech_ended(ev)
 
     def _on_speech_started(self, ev: SpeechStarted) -> None:
-        if self.mode == "local" and self._device_speaking():
+        trigger = self._accepts(ev.t)
+        self._accepting = trigger is not None
+        if trigger is None:
+            return
+        self._awaiting_until = self._follow_up_until = self._opened_by = None
+        if self._device_speaking():
             self._barge_in(ev.t)
         if self._turn is not None:         # e.g. a turn cut by max_length never got its end
             self._finish(self._turn, "abandoned")
-        self._turn = TurnRecord(mode=self.mode, speech_start=ev.t)
+        self._turn = TurnRecord(mode=self.mode, speech_start=ev.t, trigger=trigger)
+        self._set_state("listening")
         if self.mode == "local":
             self._discard_reply_audio = True
-            self._set_state("listening")
             self._outbox.put_nowait(("start", None))
 
     def _on_speech_ended(self, ev: SpeechEnded) -> None:
@@ -266,6 +452,7 @@ class VoiceLoop:
                 else:
                     await self.live.send_activity_end()
                     arg.activity_end_sent = now()
+                    self._owed += 1
                     if self._reply is arg:
                         self._discard_reply_audio = False
             except asyncio.CancelledError:
@@ -278,21 +465,33 @@ class VoiceLoop:
 
     # --- downlink: Live -> speaker -------------------------------------------------------------
 
+    def _stale(self) -> bool:
+        """Local mode: more than one reply owed, so what arrives belongs to an older turn."""
+        return self.mode == "local" and self._owed > 1
+
     async def _downlink(self) -> None:
         while True:
             ev = await self.live_events.get()
             if isinstance(ev, ModelAudio):
                 self._on_model_audio(ev)
             elif isinstance(ev, Interrupted):
-                self._on_interrupted(ev)
-            elif isinstance(ev, TurnComplete | GenerationComplete):
+                if not self._stale():
+                    self._on_interrupted(ev)
+            elif isinstance(ev, TurnComplete):
+                stale = self._stale()
+                self._owed = max(0, self._owed - 1)
+                if stale:
+                    continue               # the end of a turn the user already talked over
                 self.playback.reply_done()
                 if self._reply is not None and self._reply.first_reply_audio is None \
-                        and isinstance(ev, TurnComplete) and self.state == "thinking":
+                        and self.state == "thinking":
                     self._finish(self._reply, "no_audio")
-                    self._set_state("idle")
+                    self._open_follow_up()
+            elif isinstance(ev, GenerationComplete):
+                if not self._stale():
+                    self.playback.reply_done()
             elif (words := reply_chunk(ev)) is not None:
-                if self._reply is not None:
+                if self._reply is not None and not self._stale():
                     self._reply.model_text += words
             elif isinstance(ev, Transcription):       # the user's words
                 target = self._turn or self._reply
@@ -303,9 +502,11 @@ class VoiceLoop:
                     self._reply.tools.append(ev.name)
             elif isinstance(ev, SessionChanged):
                 self.session_state = ev.state
+                if ev.state != "ready":
+                    self._owed = 0         # a new connection owes nothing for the old one
 
     def _on_model_audio(self, ev: ModelAudio) -> None:
-        if self._discard_reply_audio and self.mode == "local":
+        if self.mode == "local" and (self._discard_reply_audio or self._stale()):
             return
         if self._reply is None:
             # server mode: the server ended the turn before our gate did; otherwise a reply
@@ -316,7 +517,8 @@ class VoiceLoop:
             self._reply.first_reply_audio = ev.t
         self._reply.reply_bytes += len(ev.pcm)
         self.playback.enqueue(ev.pcm)
-        if self.state in ("idle", "thinking"):
+        if self.state in ("idle", "thinking", "follow_up"):
+            self._follow_up_until = None
             self._set_state("speaking")
 
     def _on_interrupted(self, ev: Interrupted) -> None:
@@ -344,7 +546,10 @@ class VoiceLoop:
                     reply.playback_end = ev.t
                     self._finish(reply, "played")
                 if self.state in ("speaking", "interrupted"):
-                    self._set_state("listening" if self._turn else "idle")
+                    if self._turn:
+                        self._set_state("listening")
+                    else:
+                        self._open_follow_up()
             else:   # flushed
                 self._last_played = ev.t
                 if reply is not None and reply.interrupted is not None:
@@ -352,7 +557,8 @@ class VoiceLoop:
                     reply.playback_end = ev.t
                     self._finish(reply, "interrupted")
                 if self.state == "interrupted":
-                    self._set_state("listening" if self._turn else "idle")
+                    self._set_state("listening" if self._turn or self._awaiting_until
+                                    else "idle")
 
     async def _reply_watchdog(self) -> None:
         """Never stay 'thinking' forever: a reply that does not start within the session's
@@ -367,6 +573,7 @@ class VoiceLoop:
                 log.warning("voice: no reply %.0f s after the end of turn %d; back to idle",
                             limit, reply.id)
                 self._finish(reply, "no_reply")
+                self._owed = 0
                 self._set_state("idle")
 
     # --- bookkeeping ----------------------------------------------------------------------------
@@ -385,7 +592,7 @@ class VoiceLoop:
             self._reply = None
         self.turns.append(turn)
         lat = turn.latencies()
-        log.info("turn %d %s (%s): %s", turn.id, outcome, turn.mode,
+        log.info("turn %d %s (%s, %s): %s", turn.id, outcome, turn.mode, turn.trigger,
                  " ".join(f"{k.removesuffix('_ms')}={v}ms" for k, v in lat.items()
                           if v is not None) or "no timings")
         if turn.speech_start is not None:     # else: the spoken answer to a typed question,

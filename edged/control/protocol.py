@@ -127,6 +127,7 @@ class ComponentStatus(TypedDict):
 
 class TurnSummary(TypedDict):
     kind: str                     # "voice" | "text"
+    trigger: str | None           # vad | wake | listen | follow_up | barge_in | text
     ts: float
     user: str
     model: str

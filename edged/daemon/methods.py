@@ -128,7 +128,7 @@ class ControlMethods:
         async with self._ask_lock:
             q = self.d.bus.subscribe(*LIVE_EVENTS)
             try:
-                record = TurnRecord(kind="text", mode="text", user_text=text)
+                record = TurnRecord(kind="text", mode="text", trigger="text", user_text=text)
                 try:
                     await live.send_text(text)
                 except Exception as e:
