@@ -32,6 +32,7 @@ from edged.live.reply import Reply, ReplyWords, ToolUsed, stream_reply
 from edged.live.session import LiveSession
 from edged.metrics import Metrics
 from edged.notify import Notifier
+from edged.redact import describe_error
 
 log = logging.getLogger("edged.daemon")
 
@@ -127,8 +128,8 @@ class ControlMethods:
                 try:
                     await live.send_text(text)
                 except Exception as e:
-                    raise ControlError(ErrorCode.UNAVAILABLE, f"could not send the question: "
-                                       f"{type(e).__name__}: {e}") from None
+                    raise ControlError(ErrorCode.UNAVAILABLE, "could not send the question: "
+                                       + describe_error(e)) from None
                 record.speech_end = now()
                 try:
                     async for item in stream_reply(q, ASK_TIMEOUT_S):

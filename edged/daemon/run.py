@@ -47,9 +47,10 @@ from edged.events import (
     VoiceStateChanged,
 )
 from edged.feedback import FeedbackStore
-from edged.logs import EV_ERROR, EV_LIFECYCLE, EV_RELOAD, set_secrets, setup_logging
+from edged.logs import EV_ERROR, EV_LIFECYCLE, EV_RELOAD, setup_logging
 from edged.metrics import Metrics, Snapshot
 from edged.notify import Notifier, watchdog_interval
+from edged.redact import describe_error, set_secrets
 from edged.tools import ToolRegistry
 
 log = logging.getLogger("edged.daemon")
@@ -161,7 +162,7 @@ class Daemon:
         try:
             self.tools = device_tools(self.settings)
         except Exception as e:
-            self._tool_error = f"search tool unavailable: {type(e).__name__}: {e}"
+            self._tool_error = f"search tool unavailable: {describe_error(e)}"
             log.warning("knowledge: %s", self._tool_error, extra={"EDGED_EVENT": EV_ERROR})
         await self._refresh_index()
 
@@ -171,7 +172,7 @@ class Daemon:
             from edged.knowledge.status import index_status
             self.index = await asyncio.to_thread(index_status, self.settings)
         except Exception as e:
-            self.index = {"state": "unavailable", "error": f"{type(e).__name__}: {e}"}
+            self.index = {"state": "unavailable", "error": describe_error(e)}
         problem = self._tool_error or self.index.get("error")
         self.supervisor.set("knowledge", "degraded" if problem else "ok", str(problem or ""))
         self._status_changed()
@@ -182,7 +183,7 @@ class Daemon:
             self.live = LiveSession(self.settings, self.tools, self.bus)
         except Exception as e:
             self.supervisor.set("session", "failed",
-                                f"cannot create the Live session: {type(e).__name__}: {e}")
+                                f"cannot create the Live session: {describe_error(e)}")
             log.error("session: %s", self.supervisor.health["session"].detail,
                       extra={"EDGED_EVENT": EV_ERROR})
             return
@@ -198,7 +199,7 @@ class Daemon:
             self.voice = VoiceLoop(self.settings, self.live, self.bus)
         except Exception as e:
             self.supervisor.set("voice", "degraded",
-                                f"audio unavailable: {type(e).__name__}: {e}")
+                                f"audio unavailable: {describe_error(e)}")
             log.warning("voice: %s", self.supervisor.health["voice"].detail,
                         extra={"EDGED_EVENT": EV_ERROR})
             return
@@ -317,8 +318,8 @@ class Daemon:
                 result = step()
                 restart.extend(await result if isinstance(result, Awaitable) else result)
             except Exception as e:
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-                self.supervisor.set(name, "degraded", f"reload: {type(e).__name__}: {e}")
+                errors.append(f"{name}: {describe_error(e)}")
+                self.supervisor.set(name, "degraded", f"reload: {describe_error(e)}")
 
         if self.live is not None:
             await apply("session", lambda: self.live.apply_settings(new))
