@@ -132,9 +132,11 @@ class RefusalLog:
     thus costs the journal a few lines, not one per request."""
 
     def __init__(self, per_window: int = REFUSALS_PER_WINDOW,
-                 window_s: float = REFUSAL_WINDOW_S) -> None:
+                 window_s: float = REFUSAL_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.per_window = per_window
         self.window_s = window_s
+        self._clock = clock
         self._window_start = -window_s
         self._in_window = 0
         self.suppressed = 0
@@ -143,7 +145,7 @@ class RefusalLog:
     def refused(self, peer: Peer | None, code: str, what: str, *,
                 level: int = logging.WARNING, exc_info: bool = False) -> None:
         self.total += 1
-        t = time.monotonic()
+        t = self._clock()
         if t - self._window_start >= self.window_s:
             self._window_start, self._in_window = t, 0
         if self._in_window >= self.per_window:
@@ -470,7 +472,7 @@ class _Connection:
         except RequestError as e:
             await self._refuse(e.req_id, e)
         except ControlError as e:
-            await self._refuse(req_id, e, f"{name[:40]!r}: {e.message[:120]}")
+            await self._refuse(req_id, e, f"{name[:40]!r}: {e.message[:120]}" if name else "")
         except (ConnectionError, BrokenPipeError):
             raise
         except Exception as e:

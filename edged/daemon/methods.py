@@ -19,6 +19,7 @@ from edged.control.protocol import ControlError, ErrorCode, Health, ReloadResult
 from edged.control.server import Final, Method, Params, Peer
 from edged.daemon import status as st
 from edged.daemon.observers import TurnLog
+from edged.daemon.supervisor import Supervisor
 from edged.events import (
     LIVE_EVENTS,
     EventBus,
@@ -50,6 +51,7 @@ class DaemonAPI(Protocol):
     turn_log: TurnLog
     feedback: FeedbackStore
     live: LiveSession | None
+    supervisor: Supervisor
 
     def view(self) -> st.View: ...
     def refresh_snapshot(self) -> None: ...
@@ -76,6 +78,7 @@ class ControlMethods:
         }
         if os.environ.get(DEBUG_ENV) == "1":
             m["debug.stall"] = Method(self._m_debug_stall, mutating=True)
+            m["debug.fail"] = Method(self._m_debug_fail, mutating=True)
         return m
 
     async def _m_status(self, params: Params, peer: Peer) -> Status:
@@ -173,3 +176,14 @@ class ControlMethods:
         self.d.notifier.status(f"debug: stalling the event loop for {seconds:g}s")
         time.sleep(min(seconds, 60.0))  # noqa: ASYNC251 - blocking on purpose
         return {"stalled_s": seconds}
+
+    async def _m_debug_fail(self, params: Params, peer: Peer) -> dict[str, Any]:
+        """Test hook: a component whose task raises ``message`` (as a library's exception
+        would), so tests can follow exception text into status, events, STATUS= and logs."""
+        message = str(params.get("message", "debug failure"))
+
+        async def fail() -> None:
+            raise RuntimeError(message)
+
+        self.d.supervisor.spawn("debug", fail)
+        return {"component": "debug"}
