@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -79,6 +80,7 @@ class ControlMethods:
         if os.environ.get(DEBUG_ENV) == "1":
             m["debug.stall"] = Method(self._m_debug_stall, mutating=True)
             m["debug.fail"] = Method(self._m_debug_fail, mutating=True)
+            m["debug.memory"] = Method(self._m_debug_memory)
         return m
 
     async def _m_status(self, params: Params, peer: Peer) -> Status:
@@ -187,3 +189,8 @@ class ControlMethods:
 
         self.d.supervisor.spawn("debug", fail)
         return {"component": "debug"}
+
+    async def _m_debug_memory(self, params: Params, peer: Peer) -> dict[str, Any]:
+        """Benchmark hook: the modules loaded so far (scripts/bench_memory.py diffs them to
+        show what the first questions loaded)."""
+        return {"modules": sorted(sys.modules)}

@@ -48,6 +48,7 @@ from edged.events import (
 )
 from edged.feedback import FeedbackStore
 from edged.logs import EV_ERROR, EV_LIFECYCLE, EV_RELOAD, setup_logging
+from edged.memory import release_free_memory
 from edged.metrics import Metrics, Snapshot
 from edged.notify import Notifier, watchdog_interval
 from edged.redact import describe_error, set_secrets
@@ -104,6 +105,8 @@ class Daemon:
         self.bus.observe(journal, TurnFinished, Reconnecting, ToolCallFinished)
         self.bus.observe(self._status_changed, *_STATUS_INPUTS)
         self.bus.observe(self._on_voice_state, VoiceStateChanged)
+        self._trim_due = True          # after start-up, then after every finished turn
+        self.bus.observe(self._after_turn, TurnFinished)
 
     # --- what status and the control methods read --------------------------------------------
 
@@ -345,9 +348,13 @@ class Daemon:
 
     # --- main loop ---------------------------------------------------------------------------
 
+    def _after_turn(self, ev: Event) -> None:
+        self._trim_due = True
+
     async def _housekeeping(self) -> None:
         """Once a second: the liveness heartbeat, the metrics snapshot and textfile, the index
-        status (every INDEX_REFRESH_S) and any sd_notify message the socket could not take."""
+        status (every INDEX_REFRESH_S), any sd_notify message the socket could not take, and,
+        between turns after one finished, free heap pages back to the kernel (edged.memory)."""
         index_due = textfile_due = 0.0
         while True:
             t = time.monotonic()
@@ -360,6 +367,9 @@ class Daemon:
                 textfile_due = t + self.settings.metrics.textfile_interval_s
                 await self._write_textfile()
             self.notifier.flush()
+            if self._trim_due and st.conversation_state(self.view()) == "idle":
+                self._trim_due = False
+                await asyncio.to_thread(release_free_memory)
             await asyncio.sleep(HOUSEKEEPING_S)
 
     async def _write_textfile(self) -> None:
