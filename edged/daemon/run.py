@@ -198,7 +198,9 @@ class Daemon:
             self.supervisor.set("voice", "disabled", "no Live session")
             return
         try:
+            from edged.audio.alsalog import route_alsa_errors_to_log
             from edged.audio.voice import VoiceLoop
+            route_alsa_errors_to_log()
             self.voice = VoiceLoop(self.settings, self.live, self.bus)
         except Exception as e:
             self.supervisor.set("voice", "degraded",
