@@ -11,6 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -298,3 +302,66 @@ def test_refusal_log_is_one_line_per_refusal_then_a_count(
     assert len(lines) == 3 and log.total == 6
     assert lines[0] == "control: refused a request from uid 2 pid 1: parse_error: not JSON"
     assert "(3 more refused requests were not logged" in lines[2]
+
+
+AUDIO_GID = 29   # Debian's fixed gid for "audio"
+_DENIED = """
+import sys
+from pathlib import Path
+from edged.control.client import ControlClient, Denied
+try:
+    ControlClient(Path(sys.argv[1])).health()
+except Denied as e:
+    print(e)
+"""
+
+
+def _edgectl_as_nobody(path: Path, groups: list[int]) -> str:
+    return subprocess.run([sys.executable, "-c", _DENIED, str(path)], user=NOBODY,
+                          group=NOBODY, extra_groups=groups, capture_output=True, text=True,
+                          timeout=60, check=True, cwd="/").stdout
+
+
+async def test_run_by_hand_the_socket_directory_gets_the_control_group(
+        sock_dir: Path, methods: Methods) -> None:  # noqa: F811
+    """A daemon started by hand creates its runtime directory 0750 with the control group,
+    as systemd's RuntimeDirectory= would, so group members can reach the socket."""
+    path = sock_dir / "run" / "control.sock"
+    srv = ControlServer(ControlSettings(socket_path=path, group="audio"), methods.table())
+    await srv.start()
+    try:
+        st = path.parent.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_gid == AUDIO_GID
+        assert srv.group_problem is None
+        member = await asyncio.to_thread(_edgectl_as_nobody, path, [AUDIO_GID])
+        assert member == ""                      # no Denied: the member got through
+        stranger = await asyncio.to_thread(_edgectl_as_nobody, path, [])
+        assert "does not let you reach control.sock" in stranger
+    finally:
+        await srv.close()
+
+
+async def test_a_directory_the_group_cannot_enter_is_reported(
+        sock_dir: Path, methods: Methods) -> None:  # noqa: F811
+    d = sock_dir / "private"
+    d.mkdir(mode=0o700)
+    srv = ControlServer(ControlSettings(socket_path=d / "c.sock", group="audio"),
+                        methods.table())
+    await srv.start()
+    try:
+        assert srv.group_problem is not None
+        assert f"sudo chgrp audio {d} && sudo chmod 0750 {d}" in srv.group_problem
+    finally:
+        await srv.close()
+
+
+async def test_denied_hint_names_the_group_to_join(sock_dir: Path,  # noqa: F811
+                                                   methods: Methods) -> None:
+    srv = await serve(sock_dir / "c.sock", methods)
+    try:
+        path = sock_dir / "c.sock"
+        os.chown(path, -1, AUDIO_GID)
+        out = await asyncio.to_thread(_edgectl_as_nobody, path, [])
+        assert "join its group 'audio' (`sudo usermod -aG audio $USER`" in out
+    finally:
+        await srv.close()
