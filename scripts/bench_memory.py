@@ -230,7 +230,7 @@ weights = np.memmap(model + "/model.safetensors", dtype=np.float16, mode="r", of
                     shape=shape)
 for q in ("gobernanza en MLOps", "feature store", "monitorizar un modelo"):
     weights[tok.encode(q).ids].astype(np.float32).mean(0)
-steps.append(("weights memory-mapped instead, 3 queries", rss() - r)); r = rss()
+steps.append(("weights memory-mapped instead, 3 queries (file pages)", rss() - r)); r = rss()
 import model2vec
 steps.append(("import model2vec (+huggingface_hub, joblib, ...)", rss() - r)); r = rss()
 model2vec.StaticModel.from_pretrained(model)
