@@ -27,6 +27,7 @@ from edged.events import LIVE_EVENTS
 from edged.formats import REPLY_RATE, seconds, write_wav
 from edged.live import LiveConfigError, LiveSession, LiveUnavailable
 from edged.live.reply import LinkLost, Reply, ReplyWords, stream_reply
+from edged.text import clean_text
 from edged.tools import ToolRegistry
 
 REPLY_TIMEOUT_S = 120.0   # a reply that never completes (even across reconnects) ends the turn
@@ -80,7 +81,7 @@ async def run_chat(settings: Settings, lines: asyncio.Queue[str | None], out: Te
             if line is None:
                 out.write("\n")
                 return 0
-            text = line.strip()
+            text = clean_text(line).strip()     # the boundary for typed questions
             if echo_input:
                 out.write(text + "\n")
             if text.lower() in EXIT_WORDS:
@@ -124,6 +125,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     if args.modality:
         settings = settings.model_copy(update={
             "gemini": settings.gemini.model_copy(update={"response_modality": args.modality})})
+
+    if hasattr(sys.stdin, "reconfigure"):    # bytes that are not UTF-8 become U+FFFD, not a crash
+        sys.stdin.reconfigure(errors="surrogateescape")
 
     async def go() -> int:
         lines = _stdin_lines(asyncio.get_running_loop(), sys.stdin)

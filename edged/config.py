@@ -12,17 +12,36 @@ Every key is validated by pydantic with unknown keys forbidden, so a typo is an 
 than a silently ignored setting. A :class:`ConfigError` names the file that set the bad value,
 the dotted key path, the value and what is allowed - the operator reads it in the journal or
 from ``edged check-config`` and can fix the file without reading code.
+
+Validation goes beyond types to what cannot work on the device, so the daemon refuses to start
+(exit 78) instead of running half-configured: a key file that is missing, unreadable or empty;
+an empty key; infinite, NaN or absurdly long durations; a socket path longer than a unix
+socket allows; control characters (a newline, NUL) in names and paths; a plain-http
+``base_url``; a metrics endpoint reachable from the network without ``metrics.allow_remote``;
+a camera still larger than any Pi camera takes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_ADMIN_CONFIG = Path("/etc/edged/edged.toml")
 DEFAULT_OVERRIDE_CONFIG = Path("/var/lib/edged/config/current.toml")
@@ -47,12 +66,39 @@ DEFAULT_SYSTEM_INSTRUCTION = (
 )
 
 
+MAX_SECONDS = 86_400.0      # no duration in edged is meant to be longer than a day
+UNIX_PATH_MAX = 107         # sun_path is 108 bytes, including its terminating NUL
+MULTILINE_FIELDS = frozenset({"system_instruction"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 class ConfigError(Exception):
     """A configuration problem an operator can fix; the message says where and how."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Rules every section shares: no unknown keys, finite numbers (TOML can write ``inf`` and
+    ``nan``), durations (``*_s``) of at most a day, and no control characters in text - a
+    newline or NUL in a device name or path only fails later, far from the file that set it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _sane(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        if isinstance(value, float) and name.endswith("_s") and value > MAX_SECONDS:
+            raise ValueError(f"is longer than a day ({MAX_SECONDS:g} s); give the number of "
+                             "seconds, e.g. 30")
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str | Path):
+            pattern = _CONTROL_BUT_LINES if name in MULTILINE_FIELDS else _CONTROL
+            if m := pattern.search(str(text)):
+                raise ValueError(f"contains the control character {m.group()!r} at position "
+                                 f"{m.start()}; write the value on one line, without escapes "
+                                 "such as \\n or \\0")
+        return value
 
 
 class GeminiSettings(_Section):
@@ -85,6 +131,56 @@ class GeminiSettings(_Section):
         description="Who the assistant is and how it answers (Spanish by default)")
     response_modality: Literal["AUDIO", "TEXT"] = Field(
         default="AUDIO", description="AUDIO: spoken replies (the device); TEXT: text only")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty; put the key there, or remove the line and use "
+                             "GEMINI_API_KEY or gemini.api_key_file")
+        return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_usable(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ValueError("does not exist; create it (0600, the key on one line) or fix "
+                             "the path") from None
+        except IsADirectoryError:
+            raise ValueError("is a directory; give the file that holds the key") from None
+        except PermissionError:
+            raise ValueError("cannot be read by this user; under systemd hand it over with "
+                             "LoadCredential= (as edged.service does), or let this user read "
+                             "it") from None
+        except (OSError, UnicodeError) as e:
+            raise ValueError(f"cannot be read ({e}); it must hold the key as text") from None
+        if not key:
+            raise ValueError("is empty; write the API key into it (one line)")
+        return path
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_only(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("must be an https:// URL with a host, e.g. https://127.0.0.1:8765 "
+                             "(Gemini Live runs over TLS only; the key would travel in clear "
+                             "over http)")
+        return url
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError("does not exist or cannot be read; give the PEM file of the CA "
+                             "that signed base_url's certificate")
+        return path
 
     @model_validator(mode="after")
     def _vertex_needs_project(self) -> GeminiSettings:
@@ -156,10 +252,11 @@ class AudioSettings(_Section):
     """ALSA devices. Capture is 16 kHz mono S16_LE, playback 24 kHz mono S16_LE (Live formats)."""
 
     capture_device: str = Field(
-        default="default",
+        default="default", min_length=1,
         description="ALSA capture PCM, e.g. plughw:CARD=Device,DEV=0 (16 kHz mono via plug)")
     playback_device: str = Field(
-        default="default", description="ALSA playback PCM (24 kHz mono, plug if needed)")
+        default="default", min_length=1,
+        description="ALSA playback PCM (24 kHz mono, plug if needed)")
     period_ms: Literal[10, 20, 30] = Field(
         default=20, description="Capture period: one AudioFrame per period")
     playback_buffer_ms: int = Field(
@@ -312,9 +409,11 @@ class CameraSettings(_Section):
         default=0, ge=0,
         description="picamera2 camera number: CSI cameras first, then USB (UVC) webcams")
     width: int = Field(
-        default=768, ge=64, le=4096,
-        description="Still width in pixels (768x768 is the Live API's native frame size)")
-    height: int = Field(default=768, ge=64, le=4096, description="Still height in pixels")
+        default=768, ge=64, le=4608,
+        description="Still width in pixels (768x768 is the Live API's native frame size; at "
+        "most 4608, Camera Module 3)")
+    height: int = Field(default=768, ge=64, le=3040,
+                        description="Still height in pixels (at most 3040, HQ Camera)")
     jpeg_quality: int = Field(default=75, ge=10, le=95, description="JPEG quality of stills")
     media_resolution: Literal["low", "medium", "high"] = Field(
         default="medium",
@@ -400,14 +499,40 @@ class ControlSettings(_Section):
     """The local control socket edgectl talks to."""
 
     socket_path: Path = Field(
-        default=Path("/run/edged/control.sock"), description="Unix socket (mode 0660)")
+        default=Path("/run/edged/control.sock"),
+        description="Unix socket (mode 0660); an absolute path of at most 107 bytes")
     group: str = Field(
         default="edged", description="Group that may use the socket and change state")
     max_request_bytes: int = Field(
-        default=65536, ge=1024, description="Longer request lines are refused")
+        default=65536, ge=1024, le=1 << 20, description="Longer request lines are refused")
+    max_connections: int = Field(
+        default=32, ge=8, le=1024,
+        description="Open control connections; when full, the longest-idle one is closed to "
+        "make room, streams (events, ask) may use all but 4, and 2 more can always ask for "
+        "health or status")
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="A connection that sends no request for this long is closed (streams "
+        "excepted)")
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="A request line must be complete this long after its first byte")
     stop_timeout_s: float = Field(
         default=10.0, gt=0, le=120,
         description="Graceful stop budget on SIGTERM; keep below the unit's TimeoutStopSec (20s)")
+
+
+    @field_validator("socket_path")
+    @classmethod
+    def _fits_sun_path(cls, path: Path) -> Path:
+        size = len(os.fsencode(path))
+        if not path.is_absolute():
+            raise ValueError("must be an absolute path, e.g. /run/edged/control.sock")
+        if size > UNIX_PATH_MAX:
+            raise ValueError(f"is {size} bytes; a unix socket path can have at most "
+                             f"{UNIX_PATH_MAX}, so choose a shorter one, e.g. "
+                             "/run/edged/control.sock")
+        return path
 
 
 class MetricsSettings(_Section):
@@ -418,8 +543,32 @@ class MetricsSettings(_Section):
     )
     http_port: int | None = Field(default=None, ge=1, le=65535, description="off unless set")
     http_host: str = Field(
-        default="127.0.0.1", description="Address the HTTP endpoint binds (localhost only)")
+        default="127.0.0.1",
+        description="Address the HTTP endpoint binds; anything but loopback needs allow_remote")
+    allow_remote: bool = Field(
+        default=False,
+        description="Allow http_host to be reachable from the network (e.g. 0.0.0.0): the "
+        "metrics have no authentication, so only on a trusted network")
     textfile_interval_s: float = Field(default=15.0, ge=1.0, description="textfile rewrite period")
+
+    @model_validator(mode="after")
+    def _local_unless_allowed(self) -> MetricsSettings:
+        if self.http_port is not None and not self.allow_remote and not _is_loopback(
+                self.http_host):
+            raise ValueError(
+                f"metrics.http_host = {self.http_host!r} would serve the metrics, without "
+                "authentication, to the network; use 127.0.0.1 (and node_exporter's textfile, "
+                "or an SSH tunnel), or set metrics.allow_remote = true on a trusted network")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class PathSettings(_Section):
@@ -499,6 +648,12 @@ def _origin_of(loc: tuple[str, ...], provenance: Mapping[tuple[str, ...], str]) 
     return "packaged defaults"
 
 
+# What to write instead, for pydantic's own errors that do not say it.
+_HINTS = {
+    "finite_number": "; write a plain number (inf and nan are not allowed), e.g. 30",
+}
+
+
 def _describe(err: ValidationError, provenance: Mapping[tuple[str, ...], str]) -> str:
     lines = []
     for e in err.errors():
@@ -509,10 +664,20 @@ def _describe(err: ValidationError, provenance: Mapping[tuple[str, ...], str]) -
             lines.append(f"{origin}: unknown key '{key}' (check the spelling; "
                          "`edged check-config` prints every valid key)")
             continue
-        value = "<secret>" if "api_key" in key else repr(e.get("input"))
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = e["msg"].removeprefix("Value error, ") + _HINTS.get(e["type"], "")
+        if isinstance(e.get("input"), dict):       # a rule about the whole section
+            lines.append(f"{origin}: [{key}]: {msg}")
+            continue
+        value = "<secret>" if key.endswith("api_key") else repr(e.get("input"))
         lines.append(f"{origin}: {key} = {value}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _not_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def load_settings(
@@ -542,7 +707,9 @@ def load_settings(
         _merge(merged, extra, "command-line overrides", provenance)
     if env.get(ENV_API_KEY):
         _merge(merged, {"gemini": {"api_key": env[ENV_API_KEY]}}, f"${ENV_API_KEY}", provenance)
-    elif (cred := env.get("CREDENTIALS_DIRECTORY")) and (Path(cred) / CREDENTIAL_NAME).exists():
+    elif (cred := env.get("CREDENTIALS_DIRECTORY")) and _not_empty(Path(cred) / CREDENTIAL_NAME):
+        # An empty credential is the placeholder `install-on-pi --no-api-key` leaves so the
+        # unit can start: no key yet (the session says so), not a broken key file.
         _merge(merged, {"gemini": {"api_key_file": str(Path(cred) / CREDENTIAL_NAME)}},
                "systemd credential", provenance)
     try:

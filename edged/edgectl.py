@@ -1,25 +1,31 @@
 """``edgectl``: talk to a running edged over its control socket (works as ``ssh pi edgectl …``).
 
-Exit codes follow ``systemctl``/LSB so scripts and monitoring can branch on them:
+Exit codes follow ``systemctl``/LSB so scripts and monitoring can branch on them (the list is
+:data:`EXIT_CODES`, printed by ``--help`` and in README.md):
 
     0  healthy / the command succeeded
     1  degraded (status, health) / the daemon refused or failed the command
-    2  usage error
+    2  usage error (bad arguments here, or parameters the daemon rejected)
     3  edged is not running (socket absent or connection refused)
     4  permission denied (socket not accessible, or a state-changing call from a non-member)
+    130 interrupted (Ctrl-C)
 
-``status --json`` prints the daemon's status document (``schema_version`` inside) unchanged.
-Colour is used only when stdout is a terminal and ``NO_COLOR`` is unset.
+Made for pipes and scripts: output that stops being read (``edgectl status | head -1``) ends
+the command quietly with the exit code it would have had; ``events`` and ``ask`` also end as
+soon as their reader goes away, without waiting for the next line. ``status --json`` prints the
+daemon's status document (``schema_version`` inside) unchanged. Colour is used only when
+stdout is a terminal and ``NO_COLOR`` is unset.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
+import math
 import os
 import sys
+import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +36,47 @@ from edged.control.client import ControlClient, Denied, NotRunning, RemoteError
 from edged.control.protocol import ErrorCode, Health, Status
 
 EXIT_OK, EXIT_DEGRADED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_FORBIDDEN = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "healthy / the command succeeded",
+    EXIT_DEGRADED: "degraded (status, health) / the daemon refused or failed the command, "
+                   "or did not answer within --timeout",
+    EXIT_USAGE: "usage error: bad arguments, or parameters the daemon rejected",
+    EXIT_NOT_RUNNING: "edged is not running (no socket, or connection refused)",
+    EXIT_FORBIDDEN: "permission denied: cannot open the socket, or a state-changing command "
+                    "from a user outside the control group",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
 DEFAULT_SOCKET = ControlSettings().socket_path
+
+
+def _stdout_fd() -> int | None:
+    """stdout's descriptor, watched for hang-up while a stream waits (None: not a file)."""
+    try:
+        return sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation is an OSError
+        return None
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and the interpreter's final flush must
+    not fail (or print a traceback) because of it."""
+    fd = _stdout_fd()
+    if fd is not None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def _emit(text: str) -> bool:
+    """Write and flush to stdout; False once the reader has gone (``| head -1``)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return False
+    return True
 
 
 class _Style:
@@ -162,30 +208,31 @@ def _client(a: argparse.Namespace) -> ControlClient:
 def _cmd_status(a: argparse.Namespace) -> int:
     st = _client(a).status()
     if a.json:
-        print(json.dumps(st, indent=2, ensure_ascii=False))
+        _emit(json.dumps(st, indent=2, ensure_ascii=False) + "\n")
     else:
-        print(format_status(st, _Style(sys.stdout)))
+        _emit(format_status(st, _Style(sys.stdout)) + "\n")
     return _health_exit(st)
 
 
 def _cmd_health(a: argparse.Namespace) -> int:
     h = _client(a).health()
     if a.json:
-        print(json.dumps(h, ensure_ascii=False))
+        _emit(json.dumps(h, ensure_ascii=False) + "\n")
     else:
         problems = h.get("problems") or []
-        print(f"edged: {h['health']}" + (f" ({'; '.join(problems)})" if problems else ""))
+        _emit(f"edged: {h['health']}" + (f" ({'; '.join(problems)})" if problems else "")
+              + "\n")
     return _health_exit(h)
 
 
 def _cmd_reload(a: argparse.Namespace) -> int:
     r = _client(a).reload()
     if a.json:
-        print(json.dumps(r, ensure_ascii=False))
+        _emit(json.dumps(r, ensure_ascii=False) + "\n")
     elif r.get("ok"):
-        print(f"reloaded: config {r.get('previous')} -> {r.get('version')}")
-        if r.get("restart_needed"):
-            print(f"restart needed for: {', '.join(r.get('restart_needed', []))}")
+        restart = r.get("restart_needed")
+        _emit(f"reloaded: config {r.get('previous')} -> {r.get('version')}\n"
+              + (f"restart needed for: {', '.join(restart)}\n" if restart else ""))
     else:
         print(f"reload rejected, old config kept:\n{r.get('error')}", file=sys.stderr)
     return EXIT_OK if r.get("ok") else EXIT_DEGRADED
@@ -195,34 +242,35 @@ def _cmd_mute(muted: bool) -> Any:
     def run(a: argparse.Namespace) -> int:
         now_muted = _client(a).mute(muted)
         if a.json:
-            print(json.dumps({"muted": now_muted}))
+            _emit(json.dumps({"muted": now_muted}) + "\n")
         else:
-            print(f"microphone {'muted' if now_muted else 'unmuted'}")
+            _emit(f"microphone {'muted' if now_muted else 'unmuted'}\n")
         return EXIT_OK
     return run
 
 
 def _cmd_metrics(a: argparse.Namespace) -> int:
-    sys.stdout.write(_client(a).metrics())
+    _emit(_client(a).metrics())
     return EXIT_OK
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
     final: dict[str, Any] = {}
-    for item in _client(a).ask(" ".join(a.text)):
+    for item in _client(a).ask(" ".join(a.text), hangup_fd=_stdout_fd()):
         if a.json:
-            print(json.dumps(item, ensure_ascii=False), flush=True)
             final = item
+            if not _emit(json.dumps(item, ensure_ascii=False) + "\n"):
+                return EXIT_OK
             continue
         if "text" in item and "latency_s" not in item:
-            sys.stdout.write(item["text"])
-            sys.stdout.flush()
+            if not _emit(item["text"]):
+                return EXIT_OK
         elif "tool" in item:
             print(f"[tool {item['tool']}]", file=sys.stderr)
         else:
             final = item
     if not a.json:
-        print()
+        _emit("\n")
         lat = final.get("latency_s")
         print(f"(first reply after {lat:.2f}s)" if isinstance(lat, int | float)
               else "(no reply)", file=sys.stderr)
@@ -230,13 +278,17 @@ def _cmd_ask(a: argparse.Namespace) -> int:
 
 
 def _cmd_events(a: argparse.Namespace) -> int:
-    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        for ev in _client(a).events():
+    try:
+        for ev in _client(a).events(hangup_fd=_stdout_fd()):
             if a.json:
-                print(json.dumps(ev, ensure_ascii=False), flush=True)
+                line = json.dumps(ev, ensure_ascii=False)
             else:
                 rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "ts"))
-                print(f"{_hm(ev.get('ts') or time.time())} {ev.get('type')} {rest}", flush=True)
+                line = f"{_hm(ev.get('ts') or time.time())} {ev.get('type')} {rest}"
+            if not _emit(line + "\n"):
+                break
+    except BrokenPipeError:       # the reader went away while we waited for an event
+        _discard_stdout()
     return EXIT_OK
 
 
@@ -257,50 +309,109 @@ def _cmd_look(a: argparse.Namespace) -> int:
 def _cmd_feedback(a: argparse.Namespace) -> int:
     r = _client(a).feedback(a.rating, " ".join(a.note))
     if a.json:
-        print(json.dumps(r, ensure_ascii=False))
+        _emit(json.dumps(r, ensure_ascii=False) + "\n")
     else:
         what = "last turn" if r.get("rated_turn") else "no turn yet; stored anyway"
         c = r.get("counts", {})
-        print(f"thanks: {a.rating} ({what}); totals good {c.get('good')} · bad {c.get('bad')}")
+        _emit(f"thanks: {a.rating} ({what}); totals good {c.get('good')} · "
+              f"bad {c.get('bad')}\n")
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    """``--timeout``: a positive, finite number of seconds (anything else is a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+VERBS: dict[str, str] = {
+    "status": "health summary, then session, audio, VAD, camera, index, config and the last "
+              "turns (exit 0 healthy, 1 degraded)",
+    "health": "one line: healthy, or degraded with the problems (same exit codes as status)",
+    "reload": "re-read the config file; an invalid one is rejected and the old one kept "
+              "(exit 1)",
+    "mute": "mute the microphone (nothing is heard or sent until unmute)",
+    "unmute": "unmute the microphone",
+    "ask": "ask a question by text; the answer streams back (and is spoken)",
+    "events": "stream state changes, turns, transcripts, tool calls, reconnects, health ... "
+              "until the daemon stops or the output is closed",
+    "metrics": "Prometheus metrics text",
+    "look": "take a still and save it here to check the framing (never sent to the model; "
+            "refused while muted)",
+    "feedback": "rate the last turn: good|bad [note] (stored with the turn)",
+}
+
+
+def _epilog() -> str:
+    codes = "\n".join(textwrap.fill(meaning, 79, initial_indent=f"  {code:<5}",
+                                     subsequent_indent=" " * 7)
+                       for code, meaning in EXIT_CODES.items())
+    notes = "\n".join(textwrap.fill(p, 79, subsequent_indent="  ") for p in (
+        "--json (before or after the command): machine-readable output. status, health, "
+        "reload, mute, unmute and feedback print one JSON document; ask and events one JSON "
+        "object per line; metrics is Prometheus text either way. The status document "
+        "carries a schema_version: use it in scripts, the human format may change.",
+        "Pipes: `edgectl status | head -1` exits with the health code; `edgectl events | "
+        "head -2` ends after two events.",
+        "reload, mute, unmute, ask, look and feedback change state: they need root, the "
+        "daemon's user or a member of the control group (edged)."))
+    return f"exit codes:\n{codes}\n\n{notes}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgectl", description="Control a running edged daemon.")
+    p = argparse.ArgumentParser(
+        prog="edgectl", description="Control a running edged daemon over its unix socket.",
+        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--socket", type=Path,
                    default=Path(os.environ.get("EDGED_SOCKET", str(DEFAULT_SOCKET))),
                    help=f"control socket (default {DEFAULT_SOCKET}, or $EDGED_SOCKET)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (JSON; see below)")
+    p.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="seconds to wait for each reply line (default 30; events waits "
+                        "forever)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                           title="commands")
 
-    def add(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    def add(name: str, func: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=VERBS[name], description=VERBS[name],
+                            epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
         sp.set_defaults(func=func)
         return sp
 
-    add("status", _cmd_status, "health summary and details (exit 0 healthy, 1 degraded, 3 down)")
-    add("health", _cmd_health, "one-line health (same exit codes as status)")
-    add("reload", _cmd_reload, "re-read the config (invalid: old one kept)")
-    add("mute", _cmd_mute(True), "mute the microphone")
-    add("unmute", _cmd_mute(False), "unmute the microphone")
-    sp = add("ask", _cmd_ask, "ask a question by text; the answer streams back")
-    sp.add_argument("text", nargs="+")
-    add("events", _cmd_events, "stream state changes and turns (JSON lines with --json)")
-    add("metrics", _cmd_metrics, "Prometheus metrics text")
-    sp = add("look", _cmd_look, "take a still and save it here to check the framing (not sent "
-             "to the model)")
+    add("status", _cmd_status)
+    add("health", _cmd_health)
+    add("reload", _cmd_reload)
+    add("mute", _cmd_mute(True))
+    add("unmute", _cmd_mute(False))
+    add("ask", _cmd_ask).add_argument("text", nargs="+", help="the question")
+    add("events", _cmd_events)
+    add("metrics", _cmd_metrics)
+    sp = add("look", _cmd_look)
     sp.add_argument("-o", "--output", type=Path, help="file to write (default "
                     "edged-look-YYYYmmdd-HHMMSS.jpg in the current directory)")
-    sp = add("feedback", _cmd_feedback, "rate the last turn: good|bad [note]")
+    sp = add("feedback", _cmd_feedback)
     sp.add_argument("rating", choices=["good", "bad"])
-    sp.add_argument("note", nargs="*")
+    sp.add_argument("note", nargs="*", help="optional words about the turn")
     return p
 
 
+# Error codes the daemon answers with that are the caller's doing, not the daemon's state.
+_REMOTE_EXIT = {ErrorCode.FORBIDDEN: EXIT_FORBIDDEN, ErrorCode.INVALID_PARAMS: EXIT_USAGE}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:          # --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return int(args.func(args))
     except NotRunning as e:
@@ -311,11 +422,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FORBIDDEN
     except RemoteError as e:
         print(f"edgectl: {args.command}: {e}", file=sys.stderr)
-        return EXIT_FORBIDDEN if e.code == ErrorCode.FORBIDDEN else EXIT_DEGRADED
+        return _REMOTE_EXIT.get(e.code, EXIT_DEGRADED)
     except TimeoutError:
         print(f"edgectl: no reply within {args.timeout:g}s (daemon busy or stalled?)",
               file=sys.stderr)
         return EXIT_DEGRADED
+    except BrokenPipeError:        # stdout's reader went away before anything was written
+        _discard_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

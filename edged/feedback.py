@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+from edged.redact import redact
+
 log = logging.getLogger(__name__)
 
 Rating = Literal["good", "bad"]
@@ -59,7 +61,7 @@ class FeedbackStore:
         if len(note) > MAX_NOTE_CHARS:
             raise FeedbackError(f"note is {len(note)} characters; the limit is {MAX_NOTE_CHARS}")
         entry = {"ts": time.time(), "rating": rating, "note": note, "turn": turn}
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        line = redact(json.dumps(entry, ensure_ascii=False)) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:

@@ -9,9 +9,9 @@ python-systemd's ``JournalHandler`` with ``SYSLOG_IDENTIFIER=edged``, so ``extra
 Elsewhere a one-line-per-record stderr format is used (the structured fields are appended as
 ``key=value`` so nothing is lost in a terminal or a test log).
 
-Secrets: :class:`RedactingFilter` sits on every handler and replaces each registered secret
-(the Gemini API key) in the message, its arguments, the traceback and the structured fields,
-wherever it appears - including inside an exception text from a library we do not control.
+Secrets: :class:`RedactingFilter` sits on every handler and applies :func:`edged.redact.redact`
+to the message, its arguments, the traceback and the structured fields, wherever the key
+appears - including inside an exception text from a library we do not control.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from systemd.journal import JournalHandler
 
-REDACTED = "**********"
+from edged.redact import redact
+
 FIELD_PREFIX = "EDGED_"
 
 # Structured event names (the value of EDGED_EVENT); one place so queries stay stable.
@@ -52,32 +53,20 @@ class RedactingFilter(logging.Filter):
     ``exc_info`` and every attribute of the record as fields.
     """
 
-    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
-        super().__init__()
-        self._secrets = secrets
-
-    def _redact(self, text: str, secrets: list[str]) -> str:
-        for s in secrets:
-            text = text.replace(s, REDACTED)
-        return text
-
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = [s for s in self._secrets() if s and len(s) >= 4]
-        if not secrets:
-            return True
-        record.msg = self._redact(record.getMessage(), secrets)
+        record.msg = redact(record.getMessage())
         record.args = ()
         if record.exc_info:
             exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
             record.exc_text = exc_text
             record.exc_info = None
         if record.exc_text:
-            record.exc_text = self._redact(record.exc_text, secrets)
+            record.exc_text = redact(record.exc_text)
         if record.stack_info:
-            record.stack_info = self._redact(record.stack_info, secrets)
+            record.stack_info = redact(record.stack_info)
         for key, value in list(record.__dict__.items()):
             if key.startswith(FIELD_PREFIX) and not isinstance(value, int | float):
-                record.__dict__[key] = self._redact(str(value), secrets)
+                record.__dict__[key] = redact(str(value))
         return True
 
 
@@ -95,24 +84,6 @@ class _StderrFormatter(logging.Formatter):
             first, sep, rest = line.partition("\n")
             line = f"{first} [{' '.join(fields)}]{sep}{rest}"
         return line
-
-
-class _SecretBox:
-    """The current secrets; replaced on reload so a rotated key is redacted too."""
-
-    def __init__(self) -> None:
-        self.values: tuple[str, ...] = ()
-
-    def __call__(self) -> tuple[str, ...]:
-        return self.values
-
-
-_secrets = _SecretBox()
-
-
-def set_secrets(values: Iterable[str | None]) -> None:
-    """Register the secret values that must never appear in any log output."""
-    _secrets.values = tuple(v for v in values if v)
 
 
 def setup_logging(
@@ -138,7 +109,7 @@ def setup_logging(
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(_StderrFormatter())
-    handler.addFilter(RedactingFilter(_secrets))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -35,12 +35,14 @@ from prometheus_client.registry import Collector
 
 from edged.config import MetricsSettings
 from edged.events import Event, FeedbackGiven, Reconnecting, ToolCallFinished, TurnFinished
+from edged.redact import redact
 
 log = logging.getLogger(__name__)
 
 # Voice turns on a Pi over Wi-Fi: sub-second is good, several seconds is what users notice.
 LATENCY_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0)
 TOOL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_LABEL_CHARS = 64
 
 
 @dataclass
@@ -60,6 +62,12 @@ class Snapshot:
     last_sync_timestamp: float | None = None
     config_reload_ok: bool = True
     components: Mapping[str, str] = field(default_factory=dict)
+
+
+def _label(value: str) -> str:
+    """A label value that came from outside (a tool name the model chose): redacted, and
+    short, because every distinct value is a time series kept until the daemon restarts."""
+    return redact(value)[:MAX_LABEL_CHARS]
 
 
 def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
@@ -144,10 +152,11 @@ class Metrics:
                 self.turn_latency.labels(kind).observe(latency)
             self.turns.labels(kind).inc()
         elif isinstance(ev, Reconnecting):
-            self.reconnects.labels(ev.cause).inc()
+            self.reconnects.labels(_label(ev.cause)).inc()
         elif isinstance(ev, ToolCallFinished):
-            self.tool_calls.labels(ev.name, "ok" if ev.ok else "error").inc()
-            self.tool_duration.labels(ev.name).observe(ev.duration_s)
+            tool = _label(ev.name)
+            self.tool_calls.labels(tool, "ok" if ev.ok else "error").inc()
+            self.tool_duration.labels(tool).observe(ev.duration_s)
         elif isinstance(ev, FeedbackGiven):
             self.feedback.labels(ev.rating).inc()
 

@@ -23,6 +23,8 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
+from edged.redact import redact
+
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 64       # messages kept while the notify socket is full (oldest dropped)
@@ -64,6 +66,7 @@ class Notifier:
     def _send(self, message: str) -> None:
         if not self.enabled:
             return
+        message = redact(message)     # STATUS= is shown to every local user by systemctl
         if message.startswith("STATUS=") and "\n" not in message:
             # a newer STATUS= replaces any pending one: only the current state matters
             self._pending = deque((m for m in self._pending if not m.startswith("STATUS=")

@@ -20,6 +20,9 @@ from typing import Any
 import jsonschema
 from google.genai import types
 
+from edged.redact import describe_error, redact
+from edged.text import clean_strings
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -77,12 +80,13 @@ class ToolRegistry:
         start = time.monotonic()
 
         def fail(msg: str) -> ToolOutcome:
+            msg = redact(msg)     # a handler's exception text may carry the API key
             return ToolOutcome({"error": msg}, False, time.monotonic() - start, msg)
 
         tool = self._tools.get(name)
         if tool is None:
             return fail(f"unknown tool {name!r}; available: {', '.join(self.names) or 'none'}")
-        args = args or {}
+        args = clean_strings(args or {})   # the boundary for the model's text (edged.text)
         try:
             jsonschema.validate(args, tool.parameters)
         except jsonschema.ValidationError as e:
@@ -97,5 +101,5 @@ class ToolRegistry:
             return fail(f"{name}: {e}")
         except Exception as e:
             log.exception("tool %s failed", name)
-            return fail(f"{name} failed: {type(e).__name__}: {e}")
+            return fail(f"{name} failed: {describe_error(e)}")
         return ToolOutcome(result, True, time.monotonic() - start)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from edged.config import load_settings
-from edged.logs import REDACTED, set_secrets, setup_logging, under_systemd
+from edged.logs import setup_logging, under_systemd
+from edged.redact import REDACTED, set_secrets
 
 KEY = "AIzaSyD-secret-KEY-value-0123456789"
 

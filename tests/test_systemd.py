@@ -8,6 +8,7 @@ stubs of the same name in a temp dir - every other line is byte-identical to the
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ def _verify(paths: list[Path]) -> subprocess.CompletedProcess[str]:
 def test_units_verify_clean(tmp_path: Path) -> None:
     copies = _stubbed_copies(tmp_path)
     assert {p.name for p in copies} == {"edged.service", "edged-index-sync.service",
-                                        "edged-index-sync.timer"}
+                                        "edged-index-sync.timer", "edged-retry.timer"}
     res = _verify(copies)
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip() == "", res.stderr      # warnings (unknown keys...) count as failures
@@ -80,14 +81,27 @@ def test_unit_contract() -> None:
                  "RuntimeDirectory=edged", "ConfigurationDirectory=edged",
                  "LoadCredential=gemini_api_key:/etc/edged/gemini_api_key",
                  "Restart=on-failure", "RestartPreventExitStatus=78", "WatchdogSec=30s",
-                 "ExecReload=/bin/kill -HUP $MAINPID", "StartLimitBurst=6"):
+                 "ExecReload=/bin/kill -HUP $MAINPID", "StartLimitBurst=6",
+                 "OnFailure=edged-retry.timer", "After=network.target sound.target",
+                 "MemoryHigh=192M", "MemoryMax=256M", "OOMScoreAdjust=-100",
+                 "DeviceAllow=char-dma_heap rw",
+                 "ReadWritePaths=-/var/lib/prometheus/node-exporter"):
         assert f"\n{line}\n" in svc, line
+    # edged copes offline: it must not wait for the network at boot
+    assert "network-online.target" not in svc
+    # DeviceAllow= takes device nodes or classes; /dev/dma_heap is a directory on a Pi
+    assert not re.search(r"^DeviceAllow=/dev/dma_heap\s", svc, re.M)
+    retry = (UNITS / "edged-retry.timer").read_text()
+    for line in ("OnActiveSec=30min", "Unit=edged.service", "RemainAfterElapse=no"):
+        assert f"\n{line}\n" in retry, line
+    assert "[Install]" not in retry          # started by OnFailure= only, never enabled
     # The daemon's graceful stop budget must fit in TimeoutStopSec.
     from edged.config import ControlSettings
     stop_s = int(re.search(r"\nTimeoutStopSec=(\d+)s\n", svc).group(1))  # type: ignore[union-attr]
     assert ControlSettings().stop_timeout_s < stop_s
     sync = (UNITS / "edged-index-sync.service").read_text()
-    for line in ("Type=oneshot", "IOSchedulingClass=idle", "Nice=10",
+    for line in ("Type=oneshot", "IOSchedulingClass=idle", "Nice=10", "OOMScoreAdjust=500",
+                 "MemoryMax=192M", "ReadWritePaths=-/var/lib/prometheus/node-exporter",
                  "ExecStart=/opt/edged/bin/edged-index-sync --config /etc/edged/edged.toml"):
         assert f"\n{line}\n" in sync, line
     timer = (UNITS / "edged-index-sync.timer").read_text()
@@ -122,8 +136,8 @@ def test_install_dry_run_plans_everything_and_changes_nothing(tmp_path: Path) ->
     before = {p: p.exists() for p in (Path("/opt/edged"), Path("/etc/edged"),
                                       Path("/etc/systemd/system/edged.service"))}
     res = subprocess.run([str(REPO / "scripts" / "install-on-pi"), "--dry-run", "--admin",
-                          "root"], capture_output=True, text=True, timeout=60,
-                         stdin=subprocess.DEVNULL)
+                          "root", "--no-api-key"], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL, env=_without_key())
     assert res.returncode == 0, res.stderr
     out = res.stdout
     expected = [
@@ -144,6 +158,34 @@ def test_install_dry_run_plans_everything_and_changes_nothing(tmp_path: Path) ->
     for pattern in expected:
         assert re.search(pattern, out), (pattern, out)
     assert after_state(before) == before
+
+
+def _without_key() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "GEMINI_API_KEY"}
+
+
+@pytest.mark.skipif(Path("/etc/edged/gemini_api_key").exists(),
+                    reason="this machine already has an installed key")
+def test_install_refuses_without_a_key_unless_told(tmp_path: Path) -> None:
+    res = subprocess.run([str(REPO / "scripts" / "install-on-pi"), "--dry-run", "--admin",
+                          "root"], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL, env=_without_key())
+    assert res.returncode == 2
+    assert "--api-key-file" in res.stderr and "--no-api-key" in res.stderr
+    assert "Nothing was changed" in res.stderr and "would run" not in res.stdout
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    res = subprocess.run([str(REPO / "scripts" / "install-on-pi"), "--dry-run", "--admin",
+                          "root", "--api-key-file", str(empty)], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL, env=_without_key())
+    assert res.returncode == 2 and "empty" in res.stderr
+    key = tmp_path / "key"
+    key.write_text("AIza-example\n")
+    res = subprocess.run([str(REPO / "scripts" / "install-on-pi"), "--dry-run", "--admin",
+                          "root", "--api-key-file", str(key)], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL, env=_without_key())
+    assert res.returncode == 0, res.stderr
+    assert f"install -m 0600 -o root -g root {key} /etc/edged/gemini_api_key" in res.stdout
 
 
 def after_state(before: dict[Path, bool]) -> dict[Path, bool]:

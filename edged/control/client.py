@@ -7,9 +7,15 @@ never blocks another call.
 
 from __future__ import annotations
 
+import grp
 import itertools
 import json
+import math
+import os
+import pwd
+import select
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -39,15 +45,14 @@ class RemoteError(Exception):
 class ControlClient:
     def __init__(self, socket_path: Path, timeout: float | None = 30.0) -> None:
         """``timeout``: seconds to wait for each reply line (``None``: forever)."""
+        if timeout is not None and not (0 < timeout < math.inf):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def call(self, method: str, params: dict[str, Any] | None = None, *,
-             wait_forever: bool = False) -> Iterator[Any]:
-        """Send one request; yield each ``result`` (partials first, the final one last).
-        ``wait_forever``: no reply timeout (for streams that may stay quiet)."""
+    def _connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(None if wait_forever else self.timeout)
+        s.settimeout(self.timeout)
         try:
             s.connect(str(self.socket_path))
         except (FileNotFoundError, ConnectionRefusedError) as e:
@@ -56,13 +61,24 @@ class ControlClient:
                              ) from None
         except PermissionError:
             s.close()
-            raise Denied(f"permission denied on {self.socket_path}: run as root or as a member "
-                         "of the socket's group (see control.group; `sudo usermod -aG edged "
-                         "$USER`)") from None
+            raise Denied(denied_hint(self.socket_path)) from None
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def call(self, method: str, params: dict[str, Any] | None = None, *,
+             wait_forever: bool = False, hangup_fd: int | None = None) -> Iterator[Any]:
+        """Send one request; yield each ``result`` (partials first, the final one last).
+
+        ``wait_forever``: no reply timeout (for streams that may stay quiet). ``hangup_fd``:
+        stop with ``BrokenPipeError`` as soon as this descriptor reports an error or hang-up -
+        pass stdout, so ``edgectl events | head -2`` ends when ``head`` does, not at the next
+        event, which may be hours away."""
         req_id = next(_ids)
-        with s, s.makefile("rb") as f:
+        with self._connect() as s:
             s.sendall(protocol.request(req_id, method, params))
-            for raw in f:
+            for raw in _lines(s, None if wait_forever else self.timeout, hangup_fd):
                 msg = json.loads(raw)
                 if msg.get("id") not in (req_id, None):
                     continue
@@ -106,13 +122,76 @@ class ControlClient:
     def feedback(self, rating: str, note: str = "") -> dict[str, Any]:
         return cast(dict[str, Any], self.call1("feedback", {"rating": rating, "note": note}))
 
-    def ask(self, text: str) -> Iterator[dict[str, Any]]:
+    def ask(self, text: str, hangup_fd: int | None = None) -> Iterator[dict[str, Any]]:
         """Partials ``{"text": ...}`` / ``{"tool": ...}``, then the finished turn."""
-        return self.call("ask", {"text": text})
+        return self.call("ask", {"text": text}, hangup_fd=hangup_fd)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def events(self, hangup_fd: int | None = None) -> Iterator[dict[str, Any]]:
         """The event stream (``hello`` first), until the daemon stops; no timeout."""
-        return self.call("events", wait_forever=True)
+        return self.call("events", wait_forever=True, hangup_fd=hangup_fd)
+
+
+def _lines(s: socket.socket, timeout: float | None, hangup_fd: int | None) -> Iterator[bytes]:
+    """Reply lines from ``s``; ``TimeoutError`` if none for ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(s, select.POLLIN)
+    if hangup_fd is not None:
+        poller.register(hangup_fd, 0)     # 0: only error/hang-up are reported
+    buf = b""
+    while True:
+        while (nl := buf.find(b"\n")) >= 0:
+            line, buf = buf[:nl], buf[nl + 1:]
+            yield line
+        ready = poller.poll(None if timeout is None else timeout * 1000)
+        if not ready:
+            raise TimeoutError(f"no reply within {timeout:g}s")
+        if any(fd == hangup_fd for fd, _ in ready):
+            raise BrokenPipeError("the reader of our output has gone")
+        data = s.recv(65536)
+        if not data:
+            if buf:
+                yield buf
+            return
+        buf += data
+
+
+def denied_hint(path: Path) -> str:
+    """Why this user cannot open the socket, and the one fix that applies.
+
+    The usual fix is joining the socket's group, but a member who still gets "permission
+    denied" needs another: a new login (the membership is newer than the session), or a
+    directory on the way that the group cannot enter."""
+    for d in reversed(path.parents):
+        if d.exists() and not os.access(d, os.X_OK):
+            st = d.stat()
+            return (f"permission denied: the directory {d} (group {_group(st.st_gid)!r}, mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}) does not let you reach {path.name}; "
+                    f"it should be group edged, mode 0750 (`sudo chgrp edged {d} && sudo "
+                    f"chmod 0750 {d}`)")
+    try:
+        group = _group(path.stat().st_gid)
+        gid = path.stat().st_gid
+    except OSError:
+        return f"permission denied on {path}: run as root or as a member of group edged"
+    if gid in os.getgroups():
+        return (f"permission denied on {path}, although you are in its group {group!r}: "
+                "check the socket's mode (0660)")
+    try:
+        member = pwd.getpwuid(os.getuid()).pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        member = False
+    if member:
+        return (f"permission denied on {path}: you were added to group {group!r} after this "
+                f"login; log out and in again (or run `newgrp {group}`)")
+    return (f"permission denied on {path}: run as root or join its group {group!r} "
+            f"(`sudo usermod -aG {group} $USER`, then log in again)")
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 __all__ = ["ControlClient", "Denied", "ErrorCode", "NotRunning", "RemoteError"]

@@ -17,11 +17,22 @@ them, and ``status``'s ``schema_version`` changes when one changes incompatibly.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
+from itertools import accumulate
 from typing import Any, NotRequired, TypedDict
+
+from edged.redact import redact
+from edged.text import clean_strings
 
 PROTOCOL_VERSION = 1
 STATUS_SCHEMA_VERSION = 1
+MAX_NESTING = 16     # requests are flat: {"params": {...}} is depth 2
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 
 class ErrorCode(StrEnum):
@@ -58,8 +69,10 @@ class RequestError(ControlError):
 
 
 def encode(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":"))
-            + "\n").encode("utf-8")
+    """One line of the wire format. Every reply, event and error passes here, so this is
+    where the socket's output is redacted (:mod:`edged.redact`) as it leaves the daemon."""
+    line = json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":"))
+    return (redact(line) + "\n").encode("utf-8", "replace")
 
 
 def request(req_id: Any, method: str, params: dict[str, Any] | None = None) -> bytes:
@@ -80,9 +93,33 @@ def error(req_id: Any, code: ErrorCode | str, message: str) -> bytes:
                    "error": {"code": str(code), "message": message}})
 
 
+def nesting_depth(line: bytes) -> int:
+    """How deeply the arrays/objects in a JSON text nest, found without parsing it.
+
+    Linear time in C (regex, translate, accumulate), so a hostile 64 KiB line of ``[[[[``
+    costs a millisecond instead of a RecursionError deep in the parser. Escapes are dropped
+    first so a ``\\"`` cannot end a string early; then the strings; then each bracket left
+    counts +1 or -1. Invalid JSON may be under-counted, but then the parser fails before it
+    recurses that deep. A line with few brackets returns their count (an upper bound)."""
+    opening = line.count(b"[") + line.count(b"{")
+    if opening <= MAX_NESTING:
+        return opening
+    bare = _STRING.sub(b"", _ESCAPE.sub(b"", line))
+    steps = _NOT_BRACKET.sub(b"", bare).translate(_DEPTH_STEP)
+    return max(accumulate(memoryview(steps).cast("b")), default=0)
+
+
 def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     """Validate one request line -> (id, method, params); raises :class:`ControlError` or,
-    once the id is known, :class:`RequestError`."""
+    once the id is known, :class:`RequestError`.
+
+    The nesting is checked before the JSON parser runs (the caller already bounded the size),
+    and every string in ``params`` is cleaned (:func:`edged.text.clean_strings`): this is
+    the control socket's boundary for untrusted text such as ``ask``'s question."""
+    if nesting_depth(line) > MAX_NESTING:
+        raise ControlError(ErrorCode.INVALID_REQUEST,
+                           f"request nests arrays/objects deeper than {MAX_NESTING} levels; "
+                           'send {"v":1,"id":...,"method":"...","params":{...}}')
     try:
         req = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -107,7 +144,7 @@ def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
         params = {}
     if not isinstance(params, dict):
         raise RequestError(req_id, ErrorCode.INVALID_PARAMS, "params must be a JSON object")
-    return req_id, method, params
+    return req_id, method, clean_strings(params)
 
 
 # --- result shapes ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from edged.control.protocol import ControlError, ErrorCode, Health, ReloadResult
 from edged.control.server import Final, Method, Params, Peer
 from edged.daemon import status as st
 from edged.daemon.observers import TurnLog
+from edged.daemon.supervisor import Supervisor
 from edged.events import (
     LIVE_EVENTS,
     EventBus,
@@ -34,6 +36,7 @@ from edged.live.reply import Reply, ReplyWords, ToolUsed, stream_reply
 from edged.live.session import LiveSession
 from edged.metrics import Metrics
 from edged.notify import Notifier
+from edged.redact import describe_error
 
 log = logging.getLogger("edged.daemon")
 
@@ -52,6 +55,7 @@ class DaemonAPI(Protocol):
     feedback: FeedbackStore
     live: LiveSession | None
     camera: Camera
+    supervisor: Supervisor
 
     def view(self) -> st.View: ...
     def refresh_snapshot(self) -> None: ...
@@ -80,6 +84,8 @@ class ControlMethods:
         }
         if os.environ.get(DEBUG_ENV) == "1":
             m["debug.stall"] = Method(self._m_debug_stall, mutating=True)
+            m["debug.fail"] = Method(self._m_debug_fail, mutating=True)
+            m["debug.memory"] = Method(self._m_debug_memory)
         return m
 
     async def _m_status(self, params: Params, peer: Peer) -> Status:
@@ -132,8 +138,8 @@ class ControlMethods:
                 try:
                     await live.send_text(text)
                 except Exception as e:
-                    raise ControlError(ErrorCode.UNAVAILABLE, f"could not send the question: "
-                                       f"{type(e).__name__}: {e}") from None
+                    raise ControlError(ErrorCode.UNAVAILABLE, "could not send the question: "
+                                       + describe_error(e)) from None
                 record.speech_end = now()
                 try:
                     async for item in stream_reply(q, ASK_TIMEOUT_S):
@@ -185,3 +191,19 @@ class ControlMethods:
         self.d.notifier.status(f"debug: stalling the event loop for {seconds:g}s")
         time.sleep(min(seconds, 60.0))  # noqa: ASYNC251 - blocking on purpose
         return {"stalled_s": seconds}
+
+    async def _m_debug_fail(self, params: Params, peer: Peer) -> dict[str, Any]:
+        """Test hook: a component whose task raises ``message`` (as a library's exception
+        would), so tests can follow exception text into status, events, STATUS= and logs."""
+        message = str(params.get("message", "debug failure"))
+
+        async def fail() -> None:
+            raise RuntimeError(message)
+
+        self.d.supervisor.spawn("debug", fail)
+        return {"component": "debug"}
+
+    async def _m_debug_memory(self, params: Params, peer: Peer) -> dict[str, Any]:
+        """Benchmark hook: the modules loaded so far (scripts/bench_memory.py diffs them to
+        show what the first questions loaded)."""
+        return {"modules": sorted(sys.modules)}

@@ -47,9 +47,11 @@ from edged.events import (
     VoiceStateChanged,
 )
 from edged.feedback import FeedbackStore
-from edged.logs import EV_ERROR, EV_LIFECYCLE, EV_RELOAD, set_secrets, setup_logging
+from edged.logs import EV_ERROR, EV_LIFECYCLE, EV_RELOAD, setup_logging
+from edged.memory import release_free_memory
 from edged.metrics import Metrics, Snapshot
 from edged.notify import Notifier, watchdog_interval
+from edged.redact import describe_error, set_secrets
 from edged.tools import ToolRegistry
 
 log = logging.getLogger("edged.daemon")
@@ -102,6 +104,8 @@ class Daemon:
         self.bus.observe(self.turn_log.on_turn, TurnFinished)
         self.bus.observe(journal, TurnFinished, Reconnecting, ToolCallFinished)
         self.bus.observe(self._status_changed, *_STATUS_INPUTS)
+        self._trim_due = True          # after start-up, then after every finished turn
+        self.bus.observe(self._after_turn, TurnFinished)
 
     # --- what status and the control methods read --------------------------------------------
 
@@ -160,7 +164,7 @@ class Daemon:
         try:
             self.tools = device_tools(self.settings, self.camera)
         except Exception as e:
-            self._tool_error = f"search tool unavailable: {type(e).__name__}: {e}"
+            self._tool_error = f"search tool unavailable: {describe_error(e)}"
             log.warning("knowledge: %s", self._tool_error, extra={"EDGED_EVENT": EV_ERROR})
             self.tools = device_tools(self.settings, self.camera, knowledge=False)
         await self._refresh_index()
@@ -171,7 +175,7 @@ class Daemon:
             from edged.knowledge.status import index_status
             self.index = await asyncio.to_thread(index_status, self.settings)
         except Exception as e:
-            self.index = {"state": "unavailable", "error": f"{type(e).__name__}: {e}"}
+            self.index = {"state": "unavailable", "error": describe_error(e)}
         problem = self._tool_error or self.index.get("error")
         self.supervisor.set("knowledge", "degraded" if problem else "ok", str(problem or ""))
         self._status_changed()
@@ -182,7 +186,7 @@ class Daemon:
             self.live = LiveSession(self.settings, self.tools, self.bus)
         except Exception as e:
             self.supervisor.set("session", "failed",
-                                f"cannot create the Live session: {type(e).__name__}: {e}")
+                                f"cannot create the Live session: {describe_error(e)}")
             log.error("session: %s", self.supervisor.health["session"].detail,
                       extra={"EDGED_EVENT": EV_ERROR})
             return
@@ -195,11 +199,13 @@ class Daemon:
             self.supervisor.set("voice", "disabled", "no Live session")
             return
         try:
+            from edged.audio.alsalog import route_alsa_errors_to_log
             from edged.audio.voice import VoiceLoop
+            route_alsa_errors_to_log()
             self.voice = VoiceLoop(self.settings, self.live, self.bus)
         except Exception as e:
             self.supervisor.set("voice", "degraded",
-                                f"audio unavailable: {type(e).__name__}: {e}")
+                                f"audio unavailable: {describe_error(e)}")
             log.warning("voice: %s", self.supervisor.health["voice"].detail,
                         extra={"EDGED_EVENT": EV_ERROR})
             return
@@ -296,8 +302,8 @@ class Daemon:
                 result = step()
                 restart.extend(await result if isinstance(result, Awaitable) else result)
             except Exception as e:
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-                self.supervisor.set(name, "degraded", f"reload: {type(e).__name__}: {e}")
+                errors.append(f"{name}: {describe_error(e)}")
+                self.supervisor.set(name, "degraded", f"reload: {describe_error(e)}")
 
         if self.live is not None:
             await apply("session", lambda: self.live.apply_settings(new))
@@ -323,9 +329,13 @@ class Daemon:
 
     # --- main loop ---------------------------------------------------------------------------
 
+    def _after_turn(self, ev: Event) -> None:
+        self._trim_due = True
+
     async def _housekeeping(self) -> None:
         """Once a second: the liveness heartbeat, the metrics snapshot and textfile, the index
-        status (every INDEX_REFRESH_S) and any sd_notify message the socket could not take."""
+        status (every INDEX_REFRESH_S), any sd_notify message the socket could not take, and,
+        between turns after one finished, free heap pages back to the kernel (edged.memory)."""
         index_due = textfile_due = 0.0
         while True:
             t = time.monotonic()
@@ -338,6 +348,9 @@ class Daemon:
                 textfile_due = t + self.settings.metrics.textfile_interval_s
                 await self._write_textfile()
             self.notifier.flush()
+            if self._trim_due and st.conversation_state(self.view()) == "idle":
+                self._trim_due = False
+                await asyncio.to_thread(release_free_memory)
             await asyncio.sleep(HOUSEKEEPING_S)
 
     async def _write_textfile(self) -> None:

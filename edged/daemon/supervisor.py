@@ -21,6 +21,7 @@ from edged.backoff import Backoff
 from edged.daemon.status import ComponentHealth
 from edged.events import ComponentChanged, EventBus
 from edged.logs import EV_ERROR
+from edged.redact import describe_error, redact
 
 log = logging.getLogger("edged.daemon")
 
@@ -37,7 +38,9 @@ class Supervisor:
         self.stopping = asyncio.Event()
 
     def set(self, name: str, state: str, detail: str = "") -> None:
-        """Record a component's health; publishes only real changes."""
+        """Record a component's health; publishes only real changes. ``detail`` is often an
+        exception's text, so it is redacted here, before status and events can show it."""
+        detail = redact(detail)
         old = self.health.get(name)
         if old is not None and (old.state, old.detail) == (state, detail):
             return
@@ -83,7 +86,7 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.set(name, "degraded", f"{type(e).__name__}: {e}")
+                self.set(name, "degraded", describe_error(e))
                 log.error("%s failed: %s; restarting in about %.0fs", name, e,
                           backoff.ceiling(), exc_info=True,
                           extra={"EDGED_EVENT": EV_ERROR, "EDGED_COMPONENT": name})

@@ -8,6 +8,7 @@ to wait, what state to show, whether the resumption handle is still worth using,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import ssl
@@ -19,6 +20,7 @@ from google.genai import errors
 
 from edged.backoff import Backoff
 from edged.config import ConfigError, SessionSettings
+from edged.redact import describe_error, redact
 
 CONFIG_ERROR_CODES = frozenset({1007, 1008})
 HINTS = {
@@ -62,7 +64,15 @@ class Decision:
 
 
 def classify(e: BaseException, during_setup: bool) -> End:
-    """The :class:`End` for the exception that ended a connection (or its setup)."""
+    """The :class:`End` for the exception that ended a connection (or its setup).
+
+    Its ``reason`` is redacted here, where the server's words enter edged: a close reason
+    can echo the API key, and from here it would reach status, events and ``STATUS=``."""
+    end = _classify(e, during_setup)
+    return dataclasses.replace(end, reason=redact(end.reason))
+
+
+def _classify(e: BaseException, during_setup: bool) -> End:
     if isinstance(e, errors.APIError):
         reason = e.details if isinstance(e.details, str) else (e.message or str(e.details))
         return End("config" if e.code in CONFIG_ERROR_CODES else "api", e.code, reason,
@@ -79,8 +89,8 @@ def classify(e: BaseException, during_setup: bool) -> End:
         return End("network", None, "no setupComplete within session.connect_timeout_s",
                    during_setup)
     if isinstance(e, OSError | websockets.InvalidHandshake):
-        return End("network", None, f"{type(e).__name__}: {e}", during_setup)
-    return End("error", None, f"{type(e).__name__}: {e}", during_setup)
+        return End("network", None, describe_error(e), during_setup)
+    return End("error", None, describe_error(e), during_setup)
 
 
 class ReconnectPolicy:
