@@ -40,6 +40,9 @@ HINTS = {
           "(a Live model, e.g. gemini-3.8-live) and gemini.api_version",
 }
 
+MID_SESSION_HINT = ("the server accepted the setup but then closed the session, also a fresh "
+                    "one: it rejects something sent mid-session (a tool response, a message); "
+                    "the reason names it")
 # A fresh session is tried this many times after a 1007/1008 that arrives mid-session (after
 # setupComplete) before the close is called a configuration error: such closes are reported
 # after tool responses ("Requested entity was not found.") on setups that work.
@@ -162,7 +165,8 @@ class ReconnectPolicy:
                                 message=f"Live closed the session mid-way (close {end.code}: "
                                         f"{end.reason}); starting a fresh session re-seeded "
                                         f"with the conversation")
-            hint = HINTS.get(end.code or 0, "")
+            hint = (HINTS.get(end.code or 0, "") if end.during_setup or end.code is None
+                    else MID_SESSION_HINT)
             detail = f"{end.code}: {end.reason}" if end.code else end.reason
             return Decision(
                 s.config_error_retry_s, True, "config_error",

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import websockets
 from google.genai import live, types
 
@@ -58,7 +59,7 @@ from edged.live.handles import HANDLE_TTL_S, HandleStore
 from edged.live.link import Probe, endpoint_of, until_reachable
 from edged.live.policy import Decision, End, ReconnectPolicy, classify
 from edged.live.turns import MAX_TEXT_SENDS, TurnTracker
-from edged.tools import ToolRegistry
+from edged.tools import ToolRegistry, clip
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class LiveSession:
         self._wake = asyncio.Event()
         self._policy = ReconnectPolicy(settings.session)
         self._turns = TurnTracker()
-        self._dispatch = ToolDispatcher(tools, self.bus.publish, self._wake.set)
+        self._dispatch = ToolDispatcher(tools, self.bus.publish, self._wake.set,
+                                        ids_required=not settings.gemini.vertex)
         self._handle: str | None = None
         self._handle_at: float | None = None
         self._handle_seq = 0           # numbers the handles; the turn tracker compares them
@@ -123,6 +125,7 @@ class LiveSession:
         self._bytes_up = 0
         self._bytes_down = 0
         self._audio_dropped = 0
+        self._unparseable = 0
         self._goaway: tuple[float, float] | None = None     # (received at, timeLeft)
         self._reconfigure = False
 
@@ -266,6 +269,7 @@ class LiveSession:
             "bytes_up": self._bytes_up,
             "bytes_down": self._bytes_down,
             "audio_chunks_dropped": self._audio_dropped,
+            "messages_unparseable": self._unparseable,
             "tool_calls": dict(self._dispatch.counts),
             "events_dropped": self.bus.dropped,
         }
@@ -280,6 +284,7 @@ class LiveSession:
         old = self._settings
         self._settings = settings
         self._policy.update(settings.session)
+        self._dispatch.ids_required = not settings.gemini.vertex
         fp = setup_fingerprint(settings, self._tools)
         try:
             client_changed = client_fingerprint(settings) != self._client_fp
@@ -557,9 +562,21 @@ class LiveSession:
 
     async def _receive_loop(self, session: live.AsyncSession) -> None:
         while True:      # receive() ends after every turn
-            async for msg in session.receive():
+            try:
+                async for msg in session.receive():
+                    self._turns.received()
+                    self._on_message(msg, session)
+            except pydantic.ValidationError as e:
+                # The SDK could not parse a server message (e.g. a functionCall whose args are
+                # not an object). The socket is fine: log it (bounded) and keep receiving. A
+                # tool call lost this way has no id we can see, so it cannot be answered.
                 self._turns.received()
-                self._on_message(msg, session)
+                self._unparseable += 1
+                where = ".".join(str(x) for x in e.errors()[0]["loc"]) if e.errors() else "?"
+                log.warning("ignoring a server message the SDK cannot parse (%s: %s)%s", where,
+                            clip(e.errors()[0]["msg"] if e.errors() else str(e)),
+                            "; the tool call in it cannot be answered"
+                            if where.startswith("tool_call") else "")
 
     def _on_message(self, msg: types.LiveServerMessage, session: live.AsyncSession) -> None:
         if (sc := msg.server_content) is not None:
