@@ -25,11 +25,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edged.config import ControlSettings
-from edged.control.client import ControlClient, Denied, NotRunning, RemoteError
+from edged.control.client import (
+    DEADLINE_SLACK_S,
+    ControlClient,
+    Denied,
+    NotRunning,
+    RemoteError,
+)
 from edged.control.protocol import ErrorCode, Health, Status
 
 EXIT_OK, EXIT_DEGRADED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_FORBIDDEN = 0, 1, 2, 3, 4
 DEFAULT_SOCKET = ControlSettings().socket_path
+DEFAULT_TIMEOUT_S = 30.0     # per reply line, unless the daemon announces its own deadline
 
 
 class _Style:
@@ -144,7 +151,8 @@ def _health_exit(st: Status | Health) -> int:
 
 
 def _client(a: argparse.Namespace) -> ControlClient:
-    return ControlClient(a.socket, a.timeout)
+    return ControlClient(a.socket, DEFAULT_TIMEOUT_S if a.timeout is None else a.timeout,
+                         follow_deadline=a.timeout is None)
 
 
 def _cmd_status(a: argparse.Namespace) -> int:
@@ -207,6 +215,10 @@ def _cmd_ask(a: argparse.Namespace) -> int:
             sys.stdout.flush()
         elif "tool" in item:
             print(f"[tool {item['tool']}]", file=sys.stderr)
+        elif "restart" in item:
+            print(f"\n[{item['restart']}]", file=sys.stderr)
+        elif "deadline_s" in item:
+            continue
         else:
             final = item
     if not a.json:
@@ -245,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=Path(os.environ.get("EDGED_SOCKET", str(DEFAULT_SOCKET))),
                    help=f"control socket (default {DEFAULT_SOCKET}, or $EDGED_SOCKET)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds to wait for each reply (default {DEFAULT_TIMEOUT_S:g}; for "
+                        "ask, the daemon's own bound for an answer plus "
+                        f"{DEADLINE_SLACK_S:g} s)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
@@ -283,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgectl: {args.command}: {e}", file=sys.stderr)
         return EXIT_FORBIDDEN if e.code == ErrorCode.FORBIDDEN else EXIT_DEGRADED
     except TimeoutError:
-        print(f"edgectl: no reply within {args.timeout:g}s (daemon busy or stalled?)",
-              file=sys.stderr)
+        waited = "the daemon's deadline" if args.timeout is None else f"{args.timeout:g}s"
+        print(f"edgectl: no reply within {waited} (daemon busy or stalled?)", file=sys.stderr)
         return EXIT_DEGRADED
 
 

@@ -36,11 +36,19 @@ class RemoteError(Exception):
         self.code = code
 
 
+DEADLINE_SLACK_S = 5.0     # added to a daemon-announced deadline (transport, scheduling)
+
+
 class ControlClient:
-    def __init__(self, socket_path: Path, timeout: float | None = 30.0) -> None:
-        """``timeout``: seconds to wait for each reply line (``None``: forever)."""
+    def __init__(self, socket_path: Path, timeout: float | None = 30.0,
+                 follow_deadline: bool = True) -> None:
+        """``timeout``: seconds to wait for each reply line (``None``: forever).
+        ``follow_deadline``: when a partial result announces ``deadline_s`` (the daemon's own
+        bound for the rest of the call, e.g. ``ask``), wait that long plus
+        ``DEADLINE_SLACK_S`` instead of ``timeout``."""
         self.socket_path = socket_path
         self.timeout = timeout
+        self.follow_deadline = follow_deadline
 
     def call(self, method: str, params: dict[str, Any] | None = None, *,
              wait_forever: bool = False) -> Iterator[Any]:
@@ -70,7 +78,11 @@ class ControlClient:
                     err = msg.get("error") or {}
                     raise RemoteError(err.get("code", "error"),
                                       err.get("message", "unknown error"))
-                yield msg.get("result")
+                result = msg.get("result")
+                if (self.follow_deadline and msg.get("partial") and isinstance(result, dict)
+                        and isinstance(result.get("deadline_s"), int | float)):
+                    s.settimeout(float(result["deadline_s"]) + DEADLINE_SLACK_S)
+                yield result
                 if not msg.get("partial"):
                     return
         raise NotRunning("the daemon closed the connection before answering (is it stopping?)")
@@ -103,7 +115,8 @@ class ControlClient:
         return cast(dict[str, Any], self.call1("feedback", {"rating": rating, "note": note}))
 
     def ask(self, text: str) -> Iterator[dict[str, Any]]:
-        """Partials ``{"text": ...}`` / ``{"tool": ...}``, then the finished turn."""
+        """Partials ``{"deadline_s": ...}`` first, then ``{"text": ...}`` / ``{"tool": ...}`` /
+        ``{"restart": why}`` (the words so far are void), then the finished turn."""
         return self.call("ask", {"text": text})
 
     def events(self) -> Iterator[dict[str, Any]]:

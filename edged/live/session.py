@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 # While the probe says the network is down no connection is attempted (it could only fail, and
 # a connect lost in a black hole would hold up the return); one is still tried this often, in
 # case the probe is wrong about a network it cannot see the way the SDK does.
-OFFLINE_ATTEMPT_S = 300.0
+OFFLINE_ATTEMPT_S = 600.0
 
 
 class LiveUnavailable(ConnectionError):
