@@ -68,8 +68,11 @@ def problems(v: View) -> list[str]:
         dev = (v.audio or {}).get(key)
         if isinstance(dev, dict) and (dev.get("error") or dev.get("state") == "retrying"):
             out.append(f"{key}: {dev.get('error') or 'retrying'}")
-    if v.session is not None and v.session.get("state") in ("config_error", "backoff"):
+    if v.session is not None and v.session.get("state") in ("config_error", "backoff",
+                                                             "offline"):
         out.append(f"session: {v.session['state']} ({v.session.get('detail', '')})")
+    if v.session is not None and v.session.get("question_failed"):
+        out.append(f"session: a question went unanswered ({v.session['question_failed']})")
     if not v.config["last_reload"].get("ok", True):
         out.append("config: last reload rejected (old config kept)")
     return out

@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HANDLE_TTL_S = 7200.0        # resumption handles stay valid 2 h after the session ends
+HANDLE_FILE = "live-handle.json"     # in paths.state_dir (the daemon's StateDirectory)
 
 
 @dataclass(frozen=True, slots=True)
