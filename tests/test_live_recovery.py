@@ -395,3 +395,13 @@ async def _ask_events(live: LiveSession, q: asyncio.Queue[Any], text: str) -> li
     await live.send_text(text)
     return await until(q, TurnComplete)
 
+
+
+async def test_a_question_with_non_utf8_text_is_answered_once() -> None:
+    """Text read with surrogateescape reaches the server; it answers, nothing is re-sent."""
+    async with LiveSimulator() as sim, running(settings_for(sim)) as live:
+        q = live.bus.subscribe()
+        await live.wait_ready(LIVENESS_S)
+        reply = await ask(live, q, b"caf\xe9 \xff".decode("utf-8", "surrogateescape"))
+    assert "caf\ufffd \ufffd" in reply
+    assert len(sim.messages("clientContent")) == 1 and sim.errors == []

@@ -226,8 +226,8 @@ class Connection:
             msg = json.loads(raw)
             if not isinstance(msg, dict):
                 raise ValueError("not a JSON object")
-            msg = wire.decode_blobs(wire.normalise(msg))
-        except ValueError as e:
+            msg = wire.decode_blobs(wire.normalise(wire.scrub(msg)))
+        except ValueError as e:      # UnicodeDecodeError too: a binary frame that is not UTF-8
             await self.fail(f"unparseable client message: {e}", 1007)
         self.sim.record(self.record, msg if self.sim.record_audio else strip_bytes(msg))
         return msg
@@ -379,6 +379,13 @@ class Connection:
                 await self.resumption_update()
         except _Stop:
             pass
+        except Exception as e:
+            # Whatever a client sent, a bug here must not leave it waiting in silence: fail
+            # the connection the way the real server reports its own errors.
+            log.exception("connection %d: the reply failed", self.record.index)
+            self.sim.error(self.record.index, f"reply failed: {type(e).__name__}: {e}")
+            with contextlib.suppress(ConnectionClosed):
+                await self.close(1011, "Internal error encountered.")
 
     async def resumption_update(self) -> None:
         assert self.session is not None
