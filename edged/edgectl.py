@@ -204,15 +204,19 @@ def _cmd_metrics(a: argparse.Namespace) -> int:
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
+    """Stream the answer to a terminal; into a pipe or file print only the final answer, so
+    words of a reply cut by a reconnect never end up in the output."""
     final: dict[str, Any] = {}
+    stream = sys.stdout.isatty()
     for item in _client(a).ask(" ".join(a.text)):
         if a.json:
             print(json.dumps(item, ensure_ascii=False), flush=True)
             final = item
             continue
         if "text" in item and "latency_s" not in item:
-            sys.stdout.write(item["text"])
-            sys.stdout.flush()
+            if stream:
+                sys.stdout.write(item["text"])
+                sys.stdout.flush()
         elif "tool" in item:
             print(f"[tool {item['tool']}]", file=sys.stderr)
         elif "restart" in item:
@@ -222,7 +226,7 @@ def _cmd_ask(a: argparse.Namespace) -> int:
         else:
             final = item
     if not a.json:
-        print()
+        print("" if stream else str(final.get("model", "")))
         lat = final.get("latency_s")
         print(f"(first reply after {lat:.2f}s)" if isinstance(lat, int | float)
               else "(no reply)", file=sys.stderr)

@@ -145,6 +145,9 @@ class LiveSession:
                 stopped = asyncio.ensure_future(self._stop.wait())
                 try:
                     await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    attempt.cancel()
+                    raise
                 finally:
                     stopped.cancel()
                 if self._stop.is_set() and not attempt.done() and self._session is None:
