@@ -57,7 +57,7 @@ from edged.live.client import build_client, build_config, client_fingerprint, se
 from edged.live.dispatch import ToolDispatcher
 from edged.live.handles import HANDLE_TTL_S, HandleStore
 from edged.live.link import Probe, endpoint_of, until_reachable
-from edged.live.policy import Decision, End, ReconnectPolicy, classify
+from edged.live.policy import CONFIG_ERROR_CODES, Decision, End, ReconnectPolicy, classify
 from edged.live.turns import MAX_TEXT_SENDS, TurnTracker
 from edged.tools import ToolRegistry, clip
 
@@ -125,9 +125,11 @@ class LiveSession:
         self._bytes_up = 0
         self._bytes_down = 0
         self._audio_dropped = 0
+        self._images_sent = 0
         self._unparseable = 0
         self._goaway: tuple[float, float] | None = None     # (received at, timeLeft)
         self._reconfigure = False
+        self._settings_gen = 0          # bumped by apply_settings
 
     # --- public API ------------------------------------------------------------------------
 
@@ -141,6 +143,7 @@ class LiveSession:
                 log.info("resuming the conversation stored before the restart")
         try:
             while not self._stop.is_set():
+                gen = self._settings_gen
                 attempt = asyncio.create_task(self._connect_once())
                 stopped = asyncio.ensure_future(self._stop.wait())
                 try:
@@ -160,6 +163,11 @@ class LiveSession:
                     raise
                 if self._stop.is_set():
                     break
+                if gen != self._settings_gen and (end.kind == "config"
+                                                  or end.code in CONFIG_ERROR_CODES):
+                    # The attempt used settings a reload has replaced since: its verdict says
+                    # nothing about the new ones, so try them now.
+                    end = End("reconfigure", None, "settings changed during the attempt")
                 await self._pause(self._after(end, age))
                 self._next_retry_at = None
         finally:
@@ -232,14 +240,19 @@ class LiveSession:
             await session.send_realtime_input(activity_end=types.ActivityEnd())
             self._reply_due()
 
-    async def send_image(self, jpeg: bytes) -> None:
-        """A camera still (realtime video frame); dropped while disconnected."""
+    async def send_image(self, jpeg: bytes) -> bool:
+        """A camera still as realtime video input (``image/jpeg``); False when it could not go
+        out (disconnected: a stale still is worth nothing after a reconnect)."""
         session = self._session
         if session is None:
-            return
-        with contextlib.suppress(websockets.ConnectionClosed):
+            return False
+        try:
             await session.send_realtime_input(video=types.Blob(data=jpeg, mime_type="image/jpeg"))
-            self._bytes_up += len(jpeg)
+        except websockets.ConnectionClosed:
+            return False
+        self._bytes_up += len(jpeg)
+        self._images_sent += 1
+        return True
 
     @property
     def state(self) -> str:
@@ -272,6 +285,7 @@ class LiveSession:
             "bytes_up": self._bytes_up,
             "bytes_down": self._bytes_down,
             "audio_chunks_dropped": self._audio_dropped,
+            "images_sent": self._images_sent,
             "messages_unparseable": self._unparseable,
             "tool_calls": dict(self._dispatch.counts),
             "events_dropped": self.bus.dropped,
@@ -286,6 +300,7 @@ class LiveSession:
         recent text history."""
         old = self._settings
         self._settings = settings
+        self._settings_gen += 1
         self._policy.update(settings.session)
         self._dispatch.ids_required = not settings.gemini.vertex
         fp = setup_fingerprint(settings, self._tools)
