@@ -108,6 +108,7 @@ class HandleStore:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         data = json.dumps({"handle": stored.handle, "model": stored.model,
                            "issued_at": stored.issued_at, "expires_at": stored.expires_at})
+        self.path.parent.mkdir(parents=True, exist_ok=True)   # systemd makes it; by hand, we do
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
