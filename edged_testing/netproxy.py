@@ -26,6 +26,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Literal
 
 log = logging.getLogger("edged_testing.netproxy")
@@ -52,8 +53,10 @@ def _reset(sock: socket.socket) -> None:
 class _Pair:
     """One relayed connection: client socket <-> upstream socket, two pump tasks."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, client: socket.socket, upstream: socket.socket,
+                 on_client_end: Callable[[], None]) -> None:
         self.client, self.upstream = client, upstream
+        self.on_client_end = on_client_end
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.tasks: list[asyncio.Task[None]] = []
@@ -65,12 +68,16 @@ class _Pair:
                 await self.flowing.wait()
                 data = await loop.sock_recv(src, CHUNK)
                 await self.flowing.wait()       # frozen meanwhile: hold it until up()
+                if not data and src is self.client:
+                    self.on_client_end()
                 if not data:
                     with contextlib.suppress(OSError):
                         dst.shutdown(socket.SHUT_WR)
                     return
                 await loop.sock_sendall(dst, data)
         except OSError:
+            if src is self.client:
+                self.on_client_end()
             self.reset()
 
     def reset(self) -> None:
@@ -91,6 +98,8 @@ class NetProxy:
         self.mode: Mode = "up"
         self.changed_at = time.monotonic()
         self.accepted = 0                  # connections relayed (probes included)
+        # (time.monotonic(), "open" | "client_end", connection number): what the client did
+        self.log: list[tuple[float, str, int]] = []
         self._reserve: socket.socket | None = None
         self._listener: socket.socket | None = None
         self._filler: socket.socket | None = None
@@ -181,7 +190,10 @@ class NetProxy:
                 _reset(client)
                 upstream.close()
                 continue
-            pair = _Pair(client, upstream)
+            n = self.accepted
+            self.log.append((time.monotonic(), "open", n))
+            pair = _Pair(client, upstream, lambda n=n: self.log.append(  # type: ignore[misc]
+                (time.monotonic(), "client_end", n)))
             pair.tasks = [asyncio.create_task(pair.pump(client, upstream)),
                           asyncio.create_task(pair.pump(upstream, client))]
             self._pairs.add(pair)

@@ -45,6 +45,7 @@ from edged_testing.sim import (
     Rule,
     Scenario,
     Sleep,
+    Stall,
     ToolCall,
 )
 from edged_testing.sim import Reply as SimReply
@@ -230,6 +231,23 @@ async def test_a_reply_that_does_not_fit_is_re_asked_on_the_resumed_session() ->
     assert sim.connections[0].closed_by == "server"          # timeLeft ran out mid-reply
     assert sim.connections[1].resumed_handle is not None
     assert reply.link_lost and reply.text.startswith("Has dicho: «hola»")   # not "corta ..."
+
+
+async def test_a_stalled_socket_is_gone_before_the_resume_starts() -> None:
+    scenario = Scenario(rules=[Rule(on="turn", connection=0, actions=[Stall()])])
+    async with LiveSimulator(scenario) as sim, NetProxy("127.0.0.1", sim.port) as proxy, \
+            running(via_proxy(sim, proxy, stall_timeout_s=1.0)) as live:
+        q = live.bus.subscribe()
+        await live.wait_ready(LIVENESS_S)
+        reply = await ask(live, q, "¿hola?")
+        log = [(what, n) for _, what, n in proxy.log if what == "client_end" or n > 1]
+    assert "Has dicho" in reply
+    # the stalled connection (1) was closed by the client before the resume (2) was opened;
+    # connections in between are reachability probes, which open and close at once
+    first_end = log.index(("client_end", 1))
+    resume = next(i for i, e in enumerate(log) if e[0] == "open" and ("client_end", e[1])
+                  not in log)
+    assert first_end < resume
 
 
 # --- 4. answers not duplicated or mixed -----------------------------------------------------

@@ -670,7 +670,7 @@ class LiveSession:
 
 def _abort(session: live.AsyncSession) -> None:
     """Drop a session's TCP connection at once, without a close handshake. The SDK keeps the
-    websockets connection in ``_ws`` (google-genai 3.x; ``tests/test_live_session.py`` checks
+    websockets connection in ``_ws`` (google-genai 3.x; ``tests/test_live_recovery.py`` checks
     that a stalled socket is gone before the resume)."""
     ws = getattr(session, "_ws", None)
     transport = getattr(ws, "transport", None)
