@@ -124,12 +124,13 @@ class ControlMethods:
         live = self.d.live
         if live is None:
             raise ControlError(ErrorCode.UNAVAILABLE, "the Live session is not running")
+        # The daemon's own bound for an answer (the session's link wait, tries, stall
+        # detection), announced first so edgectl waits for it rather than its own guess; an
+        # ask queued behind another may wait for that one's bound too.
+        bound = live.answer_bound_s()
+        yield {"deadline_s": round(bound * (2 if self._ask_lock.locked() else 1), 1)}
         async with self._ask_lock:
-            # The daemon's own bound for an answer (the session's link wait, tries, stall
-            # detection): announced first, so edgectl waits for it rather than its own guess.
-            bound = live.answer_bound_s()
             deadline = now() + bound
-            yield {"deadline_s": round(bound, 1)}
             q = self.d.bus.subscribe(*LIVE_EVENTS)
             try:
                 record = TurnRecord(kind="text", mode="text", user_text=text)
