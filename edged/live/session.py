@@ -113,6 +113,7 @@ class LiveSession:
         self._handle_seq = 0           # numbers the handles; the turn tracker compares them
         self._store = HandleStore(handle_file) if handle_file is not None else None
         self._offline_since: float | None = None
+        self._link_down_at: float | None = None     # monotonic, while LinkChanged says offline
         self._questions_failed = 0
         self._question_failed: str | None = None   # until the next answered turn
         self._next_retry_at: float | None = None
@@ -382,6 +383,7 @@ class LiveSession:
                 self._fail_question("the answer was lost with the connection (it is in the "
                                     "resumed conversation)")
         self._session = session
+        self._link_back("connected")
         self._set_state("ready", "resumed" if resumed else "new session")
         recv = asyncio.create_task(self._receive_loop(session))
         watch = asyncio.create_task(self._watch())
@@ -497,21 +499,29 @@ class LiveSession:
         if await probe():
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             return
-        down_at = loop.time()
         where = f"{probe.endpoint.host}:{probe.endpoint.port}"
         self._offline_since = time.time()
         self._set_state("offline", f"network unreachable ({where} does not answer)")
-        self.bus.publish(LinkChanged("offline", f"{where} unreachable"))
-        log.warning("Live endpoint %s unreachable; probing every %gs until it answers",
-                    where, s.probe_interval_s)
+        if self._link_down_at is None:     # once per outage, however many attempts it spans
+            self._link_down_at = time.monotonic()
+            self.bus.publish(LinkChanged("offline", f"{where} unreachable"))
+            log.warning("Live endpoint %s unreachable; probing every %gs until it answers",
+                        where, s.probe_interval_s)
         try:
             await asyncio.wait_for(until_reachable(probe, s.probe_interval_s), OFFLINE_ATTEMPT_S)
         except TimeoutError:
             log.info("still offline after %.0fs; trying a connection anyway", OFFLINE_ATTEMPT_S)
             return
-        down_s = loop.time() - down_at
         self._policy.link_returned()
-        self.bus.publish(LinkChanged("online", f"{where} reachable", down_s))
+        self._link_back(f"{where} reachable")
+
+    def _link_back(self, detail: str) -> None:
+        """The network is usable again (a probe connected, or a connection came up)."""
+        if self._link_down_at is None:
+            return
+        down_s = time.monotonic() - self._link_down_at
+        self._link_down_at = None
+        self.bus.publish(LinkChanged("online", detail, down_s))
         log.info("network back after %.1fs; reconnecting now", down_s)
 
     def _get_client(self, settings: Settings) -> Any:
