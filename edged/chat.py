@@ -26,7 +26,7 @@ from edged.device_tools import device_tools
 from edged.events import LIVE_EVENTS
 from edged.formats import REPLY_RATE, seconds, write_wav
 from edged.live import LiveConfigError, LiveSession, LiveUnavailable
-from edged.live.reply import LinkLost, Reply, ReplyWords, stream_reply
+from edged.live.reply import AnswerFailed, LinkLost, Reply, ReplyWords, stream_reply
 from edged.text import clean_text
 from edged.tools import ToolRegistry
 
@@ -103,6 +103,9 @@ async def run_chat(settings: Settings, lines: asyncio.Queue[str | None], out: Te
                 pcm = await _reply(events, out)
             except TimeoutError:
                 out.write(f"\n[no complete reply within {REPLY_TIMEOUT_S:g}s]\n")
+                continue
+            except AnswerFailed as e:       # given up after repeated failures: say so
+                out.write(f"\n[no answer: {e}]\n")
                 continue
             if audio:
                 path = wav_dir / f"reply-{turn:03d}.wav"

@@ -225,11 +225,20 @@ class SessionSettings(_Section):
     )
     goaway_margin_s: float = Field(
         default=5.0, ge=0,
-        description="After a goAway, reconnect at the latest this long before timeLeft ends")
+        description="After a goAway while the user is still speaking, reconnect at the latest "
+                    "this long before timeLeft ends (a reply in progress is never cut: it runs "
+                    "until it completes or timeLeft is over)")
     stable_after_s: float = Field(
         default=60.0, gt=0, description="A connection this old resets the reconnect backoff")
     text_wait_s: float = Field(
         default=10.0, ge=0, description="How long a text turn waits for a reconnect before failing")
+    probe_interval_s: float = Field(
+        default=0.5, gt=0, le=10,
+        description="While the network is down, a TCP reachability probe of the Live endpoint "
+                    "starts this often; the first that connects ends the outage at once")
+    probe_timeout_s: float = Field(
+        default=2.0, gt=0, le=30,
+        description="A reachability probe that has not connected within this has failed")
 
     @model_validator(mode="after")
     def _check(self) -> SessionSettings:

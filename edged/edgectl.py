@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edged.config import ControlSettings
-from edged.control.client import ControlClient, Denied, NotRunning, RemoteError
+from edged.control.client import (
+    DEADLINE_SLACK_S,
+    ControlClient,
+    Denied,
+    NotRunning,
+    RemoteError,
+)
 from edged.control.protocol import ErrorCode, Health, Status
 
 EXIT_OK, EXIT_DEGRADED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_FORBIDDEN = 0, 1, 2, 3, 4
@@ -48,6 +54,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 DEFAULT_SOCKET = ControlSettings().socket_path
+DEFAULT_TIMEOUT_S = 30.0     # per reply line, unless the daemon announces its own deadline
 
 
 def _stdout_fd() -> int | None:
@@ -202,7 +209,8 @@ def _health_exit(st: Status | Health) -> int:
 
 
 def _client(a: argparse.Namespace) -> ControlClient:
-    return ControlClient(a.socket, a.timeout)
+    return ControlClient(a.socket, DEFAULT_TIMEOUT_S if a.timeout is None else a.timeout,
+                         follow_deadline=a.timeout is None)
 
 
 def _cmd_status(a: argparse.Namespace) -> int:
@@ -255,7 +263,10 @@ def _cmd_metrics(a: argparse.Namespace) -> int:
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
+    """Stream the answer to a terminal; into a pipe or file print only the final answer, so
+    words of a reply cut by a reconnect never end up in the output."""
     final: dict[str, Any] = {}
+    stream = sys.stdout.isatty()
     for item in _client(a).ask(" ".join(a.text), hangup_fd=_stdout_fd()):
         if a.json:
             final = item
@@ -263,14 +274,18 @@ def _cmd_ask(a: argparse.Namespace) -> int:
                 return EXIT_OK
             continue
         if "text" in item and "latency_s" not in item:
-            if not _emit(item["text"]):
+            if stream and not _emit(item["text"]):
                 return EXIT_OK
         elif "tool" in item:
             print(f"[tool {item['tool']}]", file=sys.stderr)
+        elif "restart" in item:
+            print(f"\n[{item['restart']}]", file=sys.stderr)
+        elif "deadline_s" in item:
+            continue
         else:
             final = item
     if not a.json:
-        _emit("\n")
+        _emit("\n" if stream else str(final.get("model", "")) + "\n")
         lat = final.get("latency_s")
         print(f"(first reply after {lat:.2f}s)" if isinstance(lat, int | float)
               else "(no reply)", file=sys.stderr)
@@ -372,9 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"control socket (default {DEFAULT_SOCKET}, or $EDGED_SOCKET)")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (JSON; see below)")
-    p.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
-                   help="seconds to wait for each reply line (default 30; events waits "
-                        "forever)")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help=f"seconds to wait for each reply line (default {DEFAULT_TIMEOUT_S:g}; "
+                        "for ask, the daemon's own bound for an answer plus "
+                        f"{DEADLINE_SLACK_S:g} s; events waits forever)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                            title="commands")
 
@@ -424,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgectl: {args.command}: {e}", file=sys.stderr)
         return _REMOTE_EXIT.get(e.code, EXIT_DEGRADED)
     except TimeoutError:
-        print(f"edgectl: no reply within {args.timeout:g}s (daemon busy or stalled?)",
-              file=sys.stderr)
+        waited = "the daemon's deadline" if args.timeout is None else f"{args.timeout:g}s"
+        print(f"edgectl: no reply within {waited} (daemon busy or stalled?)", file=sys.stderr)
         return EXIT_DEGRADED
     except BrokenPipeError:        # stdout's reader went away before anything was written
         _discard_stdout()

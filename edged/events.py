@@ -266,13 +266,46 @@ class Reconnecting(Event):
                 "delay_s": round(self.delay_s, 3), "resuming": self.resuming}
 
 
+@dataclass(frozen=True, slots=True)
+class LinkChanged(Event):
+    """The network to the Live endpoint was found unreachable (``offline``) or usable again
+    (``online``, with how long it was down). Published by the Live supervisor's reachability
+    probe after a network-level failure; what a "can't reach the cloud" / "back" cue observes.
+    """
+
+    type: ClassVar[str] = "link"
+    state: Literal["offline", "online"]
+    detail: str = ""
+    down_s: float | None = None
+    t: float = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "state": self.state, "detail": self.detail,
+                "down_s": None if self.down_s is None else round(self.down_s, 3)}
+
+
+@dataclass(frozen=True, slots=True)
+class TurnFailed(Event):
+    """A typed question was given up without an answer (sent ``sends`` times, or the setup
+    was rejected); whoever asked it gets ``reason`` instead of an answer."""
+
+    type: ClassVar[str] = "turn_failed"
+    reason: str
+    sends: int
+    t: float = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "reason": self.reason, "sends": self.sends}
+
+
 LiveEvent = (
     ModelAudio | ModelText | Transcription | Interrupted | GenerationComplete | TurnComplete
-    | ToolCallStarted | ToolCallFinished | SessionChanged | Reconnecting
+    | ToolCallStarted | ToolCallFinished | SessionChanged | Reconnecting | LinkChanged
+    | TurnFailed
 )
 LIVE_EVENTS: tuple[type[Event], ...] = (
     ModelAudio, ModelText, Transcription, Interrupted, GenerationComplete, TurnComplete,
-    ToolCallStarted, ToolCallFinished, SessionChanged, Reconnecting)
+    ToolCallStarted, ToolCallFinished, SessionChanged, Reconnecting, LinkChanged, TurnFailed)
 
 
 def reply_chunk(event: Event) -> str | None:

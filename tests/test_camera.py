@@ -275,5 +275,5 @@ async def test_look_tool_answers_with_what_was_sent_or_why_not() -> None:
         tools = ToolRegistry(8.0)
         tools.register(make_look_tool(cam))
         lost = await tools.call("look", {})
-        assert lost.response == {"error": "look: not sent: the Live session is not connected"}
+        assert lost.response["error"] == "look: not sent: the Live session is not connected"
         assert cam.status()["stills"]["failed"] == 1

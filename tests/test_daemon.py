@@ -256,6 +256,8 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
         rc, out, err = await d.edgectl("--json", "ask", "hola, ¿me oyes?")
         assert rc == 0, err
         items = [json.loads(line) for line in out.splitlines()]
+        assert set(items[0]) == {"deadline_s"} and items[0]["deadline_s"] > 0   # its bound
+        items = items[1:]
         assert len(items) >= 2 and all("text" in i for i in items[:-1])
         final = items[-1]
         assert final["model"] == "".join(i["text"] for i in items[:-1])

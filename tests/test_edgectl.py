@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,11 @@ import pytest
 
 from edged import edgectl
 from edged.config import ControlSettings
+from edged.control import client as client_mod
 from edged.control.protocol import ControlError
 from edged.control.server import ControlServer, Final, Method, Peer
+
+LIVENESS_S = 15.0
 
 DEGRADED = {
     "schema_version": 1, "health": "degraded",
@@ -136,3 +140,33 @@ async def test_not_running_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFixtu
     s.bind(str(dead))
     s.close()
     assert await _run("--socket", str(dead), "status", "--json") == 3
+
+
+async def test_ask_prints_only_the_final_answer_and_follows_the_daemons_deadline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def ask(p: dict[str, Any], peer: Peer) -> AsyncIterator[Any]:
+        yield {"deadline_s": 0.3}
+        yield {"text": "Respuesta cor"}
+        yield {"restart": "the link dropped; the answer starts again"}
+        yield {"text": "Respuesta entera."}
+        if p["text"] == "lento":
+            await asyncio.sleep(LIVENESS_S * 4)   # longer than edgectl's 30 s default
+        yield Final({"user": p["text"], "model": "Respuesta entera.", "latency_s": 0.5})
+
+    path = tmp_path / "c.sock"
+    srv = ControlServer(ControlSettings(socket_path=path, group="root"),
+                        {"ask": Method(ask, streaming=True)})
+    await srv.start()
+    try:
+        assert await _run("--socket", str(path), "ask", "hola") == 0
+        cap = capsys.readouterr()
+        assert cap.out == "Respuesta entera.\n"              # not the cut words
+        assert "[the link dropped; the answer starts again]" in cap.err
+        monkeypatch.setattr(client_mod, "DEADLINE_SLACK_S", 0.0)
+        started = time.monotonic()
+        assert await _run("--socket", str(path), "ask", "lento") == 1
+        assert time.monotonic() - started < LIVENESS_S         # the daemon's 0.3 s, not 30 s
+        assert "no reply within the daemon's deadline" in capsys.readouterr().err
+    finally:
+        await srv.close()

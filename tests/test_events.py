@@ -13,11 +13,13 @@ from edged.daemon.status import ComponentHealth, View
 from edged.events import (
     ComponentChanged,
     EventBus,
+    LinkChanged,
     ModelAudio,
     ModelText,
     Reconnecting,
     SessionChanged,
     Transcription,
+    TurnFailed,
     TurnFinished,
     TurnRecord,
     VoiceStateChanged,
@@ -143,3 +145,21 @@ def test_a_rejected_reload_is_a_problem_and_leads_the_status_line() -> None:
     assert st.status_line(v).endswith("; reload rejected: x.toml: vad.a = 9")
     assert len(st.status_line(_view(components={
         "x": ComponentHealth("failed", "y" * 1000)}))) == st.STATUS_LINE_MAX
+
+
+def test_an_offline_session_and_an_unanswered_question_make_the_daemon_degraded() -> None:
+    v = _view(session={"state": "offline", "detail": "network unreachable"})
+    assert st.problems(v) == ["session: offline (network unreachable)"]
+    v = _view(session={"state": "ready", "detail": "", "question_failed": "no answer after 3 "
+                       "tries (connection lost)"})
+    assert st.health(v)["problems"] == [
+        "session: a question went unanswered (no answer after 3 tries (connection lost))"]
+    assert st.problems(_view(session={"state": "ready", "question_failed": None})) == []
+
+
+def test_link_and_turn_failed_events_stream_as_json() -> None:
+    assert LinkChanged("online", "h:443 reachable", 61.23456).to_json() == {
+        "type": "link", "state": "online", "detail": "h:443 reachable", "down_s": 61.235}
+    assert LinkChanged("offline").to_json()["down_s"] is None
+    assert TurnFailed("no answer after 3 tries", 3).to_json() == {
+        "type": "turn_failed", "reason": "no answer after 3 tries", "sends": 3}

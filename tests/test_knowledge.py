@@ -250,8 +250,8 @@ async def test_tool_rejects_bad_arguments(registry_and_index: Any, args: Any,
                                           needle: str) -> None:
     reg, _ = registry_and_index
     resp = await call(reg, args)
-    assert set(resp) == {"error"}
-    assert needle in resp["error"]
+    assert set(resp) == {"error", "retryable", "advice"}      # edged/tools.py error payload
+    assert needle in resp["error"] and resp["retryable"] is False
 
 
 async def test_tool_says_nothing_found_in_words(registry_and_index: Any) -> None:
@@ -300,7 +300,7 @@ async def test_broken_index_file_is_an_error_response(registry_and_index: Any) -
     db = settings.knowledge.index_dir / "index-000001.db"
     db.write_bytes(b"this is not a database" * 100)
     resp = await call(reg, {"query": "drift"})
-    assert set(resp) == {"error"}
+    assert set(resp) == {"error", "retryable", "advice"}
 
 
 # --- embedders ------------------------------------------------------------------------------

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import ssl
 
+import pytest
 import websockets
 from google.genai import errors
+from websockets.datastructures import Headers
 from websockets.frames import Close
+from websockets.http11 import Response
 
 from edged.config import ConfigError, SessionSettings
 from edged.live.policy import End, ReconnectPolicy, classify
@@ -63,12 +67,53 @@ def test_a_clean_1000_close_from_the_server_is_quiet() -> None:
 
 def test_config_errors_wait_long_and_drop_the_handle_with_a_hint() -> None:
     p = policy(config_error_retry_s=300.0)
-    d = p.decide(End("config", 1008, "models/x is not found"), 0.0, resuming=False)
+    d = p.decide(End("config", 1008, "models/x is not found", during_setup=True), 0.0,
+                 resuming=False)
     assert d.state == "config_error" and d.delay_s == 300.0
     assert d.drop_handle == "configuration error" and d.log_level == logging.ERROR
     assert "gemini.model" in d.detail and "models/x is not found" in d.detail
     d = p.decide(End("config", None, "no Gemini API key: set GEMINI_API_KEY"), 0.0, False)
     assert d.state == "config_error" and d.detail == "no Gemini API key: set GEMINI_API_KEY"
+
+
+@pytest.mark.parametrize("code", [1007, 1008])
+def test_1007_1008_mid_session_get_a_fresh_session_before_being_a_config_error(code: int) -> None:
+    p = policy(config_error_retry_s=300.0)
+    mid = End("config", code, "Requested entity was not found.", during_setup=False,
+              resumed=True)
+    d = p.decide(mid, 5.0, resuming=True)
+    assert (d.reconnect, d.delay_s, d.state) == (True, 0.0, "connecting")
+    assert d.drop_handle is not None and "mid-session" in d.drop_handle   # fresh, re-seeded
+    # the fresh session fails the same way before it ever answered: now it is the setup
+    d = p.decide(dataclasses.replace(mid, resumed=False), 5.0, resuming=False)
+    assert d.state == "config_error" and d.delay_s == 300.0
+    # a session that answered a turn earns another fresh try
+    p.session_works()
+    assert p.decide(mid, 5.0, resuming=True).state == "connecting"
+
+
+@pytest.mark.parametrize("code", [1007, 1008])
+def test_1007_1008_on_a_first_setup_are_configuration_errors(code: int) -> None:
+    d = policy().decide(End("config", code, "bad", during_setup=True), 0.0, resuming=False)
+    assert d.state == "config_error" and d.log_level == logging.ERROR
+
+
+def test_network_failures_probe_the_link_and_server_failures_do_not() -> None:
+    p = policy()
+    assert p.decide(End("network", 1006, "abnormal closure"), 1.0, False).check_link
+    assert p.decide(End("stall", None, "no server message"), 1.0, False).check_link
+    assert not p.decide(End("api", 1011, "internal"), 1.0, False).check_link
+    assert not p.decide(End("api", None, "HTTP 503 at the WebSocket handshake"), 1.0,
+                        False).check_link
+
+
+def test_the_networks_return_resets_the_backoff_grown_during_the_outage() -> None:
+    p = policy(backoff_base_s=0.5, backoff_cap_s=30.0)
+    for _ in range(10):
+        p.decide(End("network", None, "ConnectionRefusedError"), 0.0, resuming=True)
+    assert p.backoff.ceiling() == 30.0
+    p.link_returned()
+    assert p.backoff.ceiling() == 0.5
 
 
 def test_a_refused_resume_starts_a_fresh_session_at_once() -> None:
@@ -91,7 +136,14 @@ def test_classify_maps_every_way_a_connection_ends() -> None:
     assert classify(errors.APIError(1011, {"message": "boom"}), False).kind == "api"
     closed = websockets.ConnectionClosedError(Close(1011, "overloaded"), None)
     assert classify(closed, False) == End("api", 1011, "overloaded", False)
-    assert classify(websockets.ConnectionClosedError(None, None), False).code == 1006
+    assert classify(websockets.ConnectionClosedError(None, None), False) == End(
+        "network", 1006, "abnormal closure", False)
+    # the SDK reports a connection lost without a close frame as APIError(1006)
+    assert classify(errors.APIError(1006, {"message": "Abnormal closure."}), False).kind == \
+        "network"
+    refused = websockets.InvalidStatus(Response(503, "Service Unavailable", Headers()))
+    assert classify(refused, True) == End("api", None, "HTTP 503 at the WebSocket handshake",
+                                          True)
     tls = ssl.SSLCertVerificationError("bad")
     tls.verify_message = "self-signed certificate"
     end = classify(tls, True)

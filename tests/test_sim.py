@@ -446,3 +446,38 @@ async def test_rest_side_refuses_bad_requests_like_google(path: str, body: bytes
         with await asyncio.to_thread(urllib.request.urlopen, ok,
                                      context=sim.client_ssl_context(), timeout=10) as r:
             assert len(json.loads(r.read())["embedding"]["values"]) == 8
+
+
+async def test_lone_surrogates_and_non_utf8_frames_never_crash_the_simulator(
+        sim: LiveSimulator) -> None:
+    # text read with surrogateescape (non-UTF-8 bytes) and a lone surrogate, through the SDK
+    async with client_for(sim).aio.live.connect(model=MODEL, config=TEXT) as session:
+        await session.send_client_content(turns=user("hola \udcff y \ud800 fin"))
+        msgs = await one_turn(session)
+    text = "".join(p.text or "" for m in msgs if m.server_content and m.server_content.model_turn
+                   for p in m.server_content.model_turn.parts or [])
+    assert "hola \ufffd y \ufffd fin" in text
+    # a binary frame that is not UTF-8 at all: a clear 1007, and the next client is served
+    url = sim.base_url.replace("https", "wss") + \
+        "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    async with ws_connect(url, ssl=sim.client_ssl_context(), proxy=None) as ws:
+        await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+        await ws.recv()
+        await ws.send(b'{"realtimeInput": {"text": "\xff\xfe"}}')
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    async with client_for(sim).aio.live.connect(model=MODEL, config=TEXT) as session:
+        await session.send_client_content(turns=user("¿sigues ahí?"))
+        assert await one_turn(session)
+
+
+@pytest.mark.parametrize("sim", [Scenario(rules=[Rule(actions=[
+    Reply(text=lambda ctx: str(1 / 0))])])], indirect=True)
+async def test_a_reply_that_fails_closes_1011_instead_of_going_silent(sim: LiveSimulator) -> None:
+    async with client_for(sim).aio.live.connect(model=MODEL, config=TEXT) as session:
+        await session.send_client_content(turns=user("hola"))
+        with pytest.raises(errors.APIError) as e:
+            await one_turn(session)
+    assert e.value.code == 1011
+    assert sim.errors == ["connection 0: reply failed: ZeroDivisionError: division by zero"]

@@ -16,7 +16,7 @@ import pwd
 import select
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,13 +42,21 @@ class RemoteError(Exception):
         self.code = code
 
 
+DEADLINE_SLACK_S = 5.0     # added to a daemon-announced deadline (transport, scheduling)
+
+
 class ControlClient:
-    def __init__(self, socket_path: Path, timeout: float | None = 30.0) -> None:
-        """``timeout``: seconds to wait for each reply line (``None``: forever)."""
+    def __init__(self, socket_path: Path, timeout: float | None = 30.0,
+                 follow_deadline: bool = True) -> None:
+        """``timeout``: seconds to wait for each reply line (``None``: forever).
+        ``follow_deadline``: when a partial result announces ``deadline_s`` (the daemon's own
+        bound for the rest of the call, e.g. ``ask``), wait that long plus
+        ``DEADLINE_SLACK_S`` instead of ``timeout``."""
         if timeout is not None and not (0 < timeout < math.inf):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         self.socket_path = socket_path
         self.timeout = timeout
+        self.follow_deadline = follow_deadline
 
     def _connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,9 +84,10 @@ class ControlClient:
         pass stdout, so ``edgectl events | head -2`` ends when ``head`` does, not at the next
         event, which may be hours away."""
         req_id = next(_ids)
+        wait = [None if wait_forever else self.timeout]     # the deadline partial may move it
         with self._connect() as s:
             s.sendall(protocol.request(req_id, method, params))
-            for raw in _lines(s, None if wait_forever else self.timeout, hangup_fd):
+            for raw in _lines(s, lambda: wait[0], hangup_fd):
                 msg = json.loads(raw)
                 if msg.get("id") not in (req_id, None):
                     continue
@@ -86,7 +95,11 @@ class ControlClient:
                     err = msg.get("error") or {}
                     raise RemoteError(err.get("code", "error"),
                                       err.get("message", "unknown error"))
-                yield msg.get("result")
+                result = msg.get("result")
+                if (self.follow_deadline and msg.get("partial") and isinstance(result, dict)
+                        and isinstance(result.get("deadline_s"), int | float)):
+                    wait[0] = float(result["deadline_s"]) + DEADLINE_SLACK_S
+                yield result
                 if not msg.get("partial"):
                     return
         raise NotRunning("the daemon closed the connection before answering (is it stopping?)")
@@ -123,7 +136,8 @@ class ControlClient:
         return cast(dict[str, Any], self.call1("feedback", {"rating": rating, "note": note}))
 
     def ask(self, text: str, hangup_fd: int | None = None) -> Iterator[dict[str, Any]]:
-        """Partials ``{"text": ...}`` / ``{"tool": ...}``, then the finished turn."""
+        """Partials ``{"deadline_s": ...}`` first, then ``{"text": ...}`` / ``{"tool": ...}`` /
+        ``{"restart": why}`` (the words so far are void), then the finished turn."""
         return self.call("ask", {"text": text}, hangup_fd=hangup_fd)
 
     def events(self, hangup_fd: int | None = None) -> Iterator[dict[str, Any]]:
@@ -131,8 +145,9 @@ class ControlClient:
         return self.call("events", wait_forever=True, hangup_fd=hangup_fd)
 
 
-def _lines(s: socket.socket, timeout: float | None, hangup_fd: int | None) -> Iterator[bytes]:
-    """Reply lines from ``s``; ``TimeoutError`` if none for ``timeout`` seconds."""
+def _lines(s: socket.socket, timeout_s: Callable[[], float | None],
+           hangup_fd: int | None) -> Iterator[bytes]:
+    """Reply lines from ``s``; ``TimeoutError`` if none for ``timeout_s()`` seconds."""
     poller = select.poll()
     poller.register(s, select.POLLIN)
     if hangup_fd is not None:
@@ -142,6 +157,7 @@ def _lines(s: socket.socket, timeout: float | None, hangup_fd: int | None) -> It
         while (nl := buf.find(b"\n")) >= 0:
             line, buf = buf[:nl], buf[nl + 1:]
             yield line
+        timeout = timeout_s()
         ready = poller.poll(None if timeout is None else timeout * 1000)
         if not ready:
             raise TimeoutError(f"no reply within {timeout:g}s")

@@ -32,7 +32,7 @@ from edged.events import (
     now,
 )
 from edged.feedback import FeedbackError, FeedbackStore
-from edged.live.reply import Reply, ReplyWords, ToolUsed, stream_reply
+from edged.live.reply import AnswerFailed, LinkLost, Reply, ReplyWords, ToolUsed, stream_reply
 from edged.live.session import LiveSession
 from edged.metrics import Metrics
 from edged.notify import Notifier
@@ -41,7 +41,6 @@ from edged.redact import describe_error
 log = logging.getLogger("edged.daemon")
 
 ASK_MAX_CHARS = 4000
-ASK_TIMEOUT_S = 90.0
 DEBUG_ENV = "EDGED_DEBUG_HOOKS"   # "1" enables debug.* control methods (tests only)
 
 
@@ -131,7 +130,13 @@ class ControlMethods:
         live = self.d.live
         if live is None:
             raise ControlError(ErrorCode.UNAVAILABLE, "the Live session is not running")
+        # The daemon's own bound for an answer (the session's link wait, tries, stall
+        # detection), announced first so edgectl waits for it rather than its own guess; an
+        # ask queued behind another may wait for that one's bound too.
+        bound = live.answer_bound_s()
+        yield {"deadline_s": round(bound * (2 if self._ask_lock.locked() else 1), 1)}
         async with self._ask_lock:
+            deadline = now() + bound
             q = self.d.bus.subscribe(*LIVE_EVENTS)
             try:
                 record = TurnRecord(kind="text", mode="text", trigger="text", user_text=text)
@@ -142,11 +147,15 @@ class ControlMethods:
                                        + describe_error(e)) from None
                 record.speech_end = now()
                 try:
-                    async for item in stream_reply(q, ASK_TIMEOUT_S):
+                    async for item in stream_reply(q, max(0.0, deadline - now())):
                         if isinstance(item, ReplyWords):
                             yield {"text": item.text}
                         elif isinstance(item, ToolUsed):
                             yield {"tool": item.name}
+                        elif isinstance(item, LinkLost):
+                            # the words so far are void: the final result holds only the answer
+                            # that completed
+                            yield {"restart": "the link dropped; the answer starts again"}
                         elif isinstance(item, Reply):
                             record.first_reply_audio = item.first_reply_at
                             record.model_text, record.tools = item.text, item.tools
@@ -154,7 +163,9 @@ class ControlMethods:
                             record.outcome = "interrupted" if item.interrupted else "answered"
                 except TimeoutError:
                     raise ControlError(ErrorCode.TIMEOUT, f"no complete answer within "
-                                       f"{ASK_TIMEOUT_S:.0f} s") from None
+                                       f"{bound:.0f} s") from None
+                except AnswerFailed as e:
+                    raise ControlError(ErrorCode.UNAVAILABLE, f"no answer: {e}") from None
                 finished = TurnFinished(record)
                 self.d.bus.publish(finished)
                 yield Final({**finished.summary(),

@@ -43,6 +43,8 @@ from edged.events import (
     Reconnecting,
     SessionChanged,
     ToolCallFinished,
+    TurnComplete,
+    TurnFailed,
     TurnFinished,
     VoiceStateChanged,
 )
@@ -62,7 +64,7 @@ INDEX_REFRESH_S = 30.0
 READY_DEVICES_WITHIN_S = 5.0
 # Events after which health and the STATUS= line may have changed.
 _STATUS_INPUTS = (ComponentChanged, SessionChanged, DeviceChanged, VoiceStateChanged,
-                  ConfigReloaded, MuteChanged)
+                  ConfigReloaded, MuteChanged, TurnFailed, TurnComplete)
 
 
 def config_version(settings: Settings) -> str:
@@ -182,8 +184,10 @@ class Daemon:
 
     def _start_live(self) -> None:
         try:
+            from edged.live.handles import HANDLE_FILE
             from edged.live.session import LiveSession
-            self.live = LiveSession(self.settings, self.tools, self.bus)
+            self.live = LiveSession(self.settings, self.tools, self.bus,
+                                    handle_file=self.settings.paths.state_dir / HANDLE_FILE)
         except Exception as e:
             self.supervisor.set("session", "failed",
                                 f"cannot create the Live session: {describe_error(e)}")

@@ -72,8 +72,11 @@ def problems(v: View) -> list[str]:
     if cam.get("enabled") and not cam.get("muted") and (cam.get("detail")
                                                         or cam.get("state") == "retrying"):
         out.append(f"camera: {cam.get('detail') or 'retrying'}")
-    if v.session is not None and v.session.get("state") in ("config_error", "backoff"):
+    if v.session is not None and v.session.get("state") in ("config_error", "backoff",
+                                                             "offline"):
         out.append(f"session: {v.session['state']} ({v.session.get('detail', '')})")
+    if v.session is not None and v.session.get("question_failed"):
+        out.append(f"session: a question went unanswered ({v.session['question_failed']})")
     if not v.config["last_reload"].get("ok", True):
         out.append("config: last reload rejected (old config kept)")
     return out

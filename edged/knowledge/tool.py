@@ -61,7 +61,8 @@ def make_search_tool(settings: Settings, *, embedder: Embedder | None = None) ->
                 try:
                     state["embedder"] = await asyncio.to_thread(make_embedder, settings)
                 except EmbedderError as e:
-                    raise ToolError(f"knowledge embedder unavailable: {e}") from None
+                    raise ToolError(f"knowledge embedder unavailable: {e}",
+                                    retryable=True) from None
             if state["searcher"] is None:
                 state["searcher"] = Searcher(
                     k.index_dir, weight_fts=k.weight_fts, weight_vec=k.weight_vec,
@@ -83,7 +84,8 @@ def make_search_tool(settings: Settings, *, embedder: Embedder | None = None) ->
         except (IndexUnavailable, EmbedderError) as e:
             raise ToolError(str(e)) from None
         except sqlite3.Error as e:
-            raise ToolError(f"knowledge index error: {e}; try again later") from None
+            raise ToolError(f"knowledge index error: {e}; try again later",
+                            retryable=True) from None
         if not hits:
             return {"results": [], "query": query, "message": NOTHING_FOUND}
         return {"results": cite(hits, k.char_budget), "query": query}

@@ -8,7 +8,11 @@ yields the pieces as they arrive and the finished :class:`Reply` last:
 * :class:`ReplyWords` - words of the answer (text, or the transcription of spoken audio);
 * :class:`ToolUsed` - the model called a tool;
 * :class:`LinkLost` - the connection dropped mid-reply; the session re-sends the question on the
-  next connection, so what was collected so far is discarded and the answer starts again.
+  next connection, so what was collected so far is discarded and the answer starts again (the
+  finished :class:`Reply` holds only the answer that completed, never a cut one mixed in).
+
+A question the session gives up on (``TurnFailed``: sent too often without an answer, or the
+setup was rejected) raises :class:`AnswerFailed` with the reason.
 
 ``interrupted`` (the user spoke over the answer) discards the audio collected so far, as the
 speaker would have.
@@ -26,12 +30,17 @@ from edged.events import (
     SessionChanged,
     ToolCallStarted,
     TurnComplete,
+    TurnFailed,
     now,
     reply_chunk,
 )
 
 # Session states that mean the link is (re)establishing rather than usable or shut down.
-_LINK_DOWN = frozenset({"connecting", "resuming", "backoff", "config_error"})
+_LINK_DOWN = frozenset({"connecting", "resuming", "backoff", "offline", "config_error"})
+
+
+class AnswerFailed(Exception):
+    """The session gave the question up; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +103,11 @@ async def stream_reply(events: asyncio.Queue[object],
                 if not reply.link_lost:
                     yield LinkLost(ev.state)
                 reply.link_lost = True
+                reply.first_reply_at = None
                 text.clear()
                 audio.clear()
+            elif isinstance(ev, TurnFailed):
+                raise AnswerFailed(ev.reason)
             elif isinstance(ev, TurnComplete):
                 reply.text = "".join(text)
                 reply.audio = bytes(audio)

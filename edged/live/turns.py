@@ -6,8 +6,13 @@ The supervisor needs three answers from this, each kept here in one place:
   ``generationComplete``/``turnComplete``. Only then can silence from the server mean a dead
   socket (stall detection), and a reconnect between turns loses nothing (:meth:`idle`).
 * **What to re-send** after a drop: a typed question whose reply had not completed
-  (:attr:`pending_text`) - a resumed session is restored to before that turn, because the
-  server marks handles non-resumable while it generates.
+  (:attr:`pending_text`), but only when the new connection's context does not hold its answer.
+  The server marks the session non-resumable while it works on a turn and issues the next
+  resumable handle only once the turn is over, so a handle that arrives after such a
+  ``resumable: false`` update (and after our question) holds question *and* answer; any other
+  handle, or a fresh session, predates the question.
+  A question is sent at most ``MAX_TEXT_SENDS`` times; then it is given up, so a question the
+  server cannot answer ends in an error instead of an endless re-send loop.
 * **What to re-seed** a fresh session with when resumption was impossible: the last
   ``HISTORY_TURNS`` exchanges, at most ``HISTORY_CHARS`` characters, as text.
 """
@@ -20,6 +25,7 @@ from edged.events import now
 
 HISTORY_TURNS = 20           # text exchanges kept to re-seed a session that could not resume
 HISTORY_CHARS = 8000
+MAX_TEXT_SENDS = 3           # a typed question is sent at most this often (1 + 2 re-sends)
 
 
 class TurnTracker:
@@ -31,6 +37,9 @@ class TurnTracker:
         self.last_rx = now()
         self.activity_open = False        # activityStart sent on this connection, no end yet
         self.pending_text: str | None = None
+        self.pending_sends = 0            # how often pending_text went on the wire
+        self.pending_answered_from: int | None = None   # first handle holding its answer
+        self._server_busy = False         # a resumable:false came after the question
         self.history: list[types.Content] = []
         self._user: list[str] = []
         self._model: list[str] = []
@@ -83,7 +92,39 @@ class TurnTracker:
 
     def typed(self, text: str) -> None:
         self.pending_text = text
+        self.pending_sends = 0
         self._user.append(text)
+
+    def text_sent(self) -> None:
+        """``pending_text`` went on the wire."""
+        self.pending_sends += 1
+        self.pending_answered_from = None
+        self._server_busy = False
+
+    def not_resumable(self) -> None:
+        """The server said the session is not resumable: it is working on a turn."""
+        if self.pending_text is not None and self.pending_sends:
+            self._server_busy = True
+
+    def handle_issued(self, seq: int) -> None:
+        """Resumable handle number ``seq`` arrived."""
+        if self._server_busy and self.pending_answered_from is None:
+            self.pending_answered_from = seq
+
+    def resend_needed(self, resumed_from: int | None) -> bool:
+        """Must the pending question be sent again on a connection that resumed from handle
+        number ``resumed_from`` (``None``: a fresh session)? Only if that context lacks its
+        answer."""
+        return self.pending_text is not None and (
+            resumed_from is None or self.pending_answered_from is None
+            or resumed_from < self.pending_answered_from)
+
+    def give_up(self) -> str | None:
+        """Forget the pending question (it will not be re-sent nor kept in the history)."""
+        text, self.pending_text = self.pending_text, None
+        self._user.clear()
+        self._model.clear()
+        return text
 
     def heard(self, text: str) -> None:
         """Input transcription of the user's speech (ignored while a typed turn is open)."""

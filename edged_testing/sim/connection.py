@@ -240,8 +240,8 @@ class Connection:
             msg = json.loads(raw)
             if not isinstance(msg, dict):
                 raise ValueError("not a JSON object")
-            msg = wire.decode_blobs(wire.normalise(msg))
-        except ValueError as e:
+            msg = wire.decode_blobs(wire.normalise(wire.scrub(msg)))
+        except ValueError as e:      # UnicodeDecodeError too: a binary frame that is not UTF-8
             await self.fail(f"unparseable client message: {e}", 1007)
         self.sim.record(self.record, msg if self.sim.record_audio else strip_bytes(msg))
         return msg
@@ -338,6 +338,8 @@ class Connection:
     async def on_tool_response(self, body: dict[str, Any]) -> None:
         for fr in body.get("functionResponses") or []:
             fid = fr.get("id")
+            if fid is None and _no_id_key(str(fr.get("name"))) in self.pending:
+                fid = _no_id_key(str(fr.get("name")))     # a call sent without an id
             fut = self.pending.pop(fid, None) if isinstance(fid, str) else None
             if fut is not None:
                 self.answered.add(fid)
@@ -422,6 +424,13 @@ class Connection:
                 await self.resumption_update()
         except _Stop:
             pass
+        except Exception as e:
+            # Whatever a client sent, a bug here must not leave it waiting in silence: fail
+            # the connection the way the real server reports its own errors.
+            log.exception("connection %d: the reply failed", self.record.index)
+            self.sim.error(self.record.index, f"reply failed: {type(e).__name__}: {e}")
+            with contextlib.suppress(ConnectionClosed):
+                await self.close(1011, "Internal error encountered.")
 
     async def resumption_update(self) -> None:
         assert self.session is not None
@@ -505,12 +514,15 @@ class Connection:
         futs: list[tuple[str, ToolCall, asyncio.Future[Any]]] = []
         wire_calls = []
         for call in calls:
-            fid = call.id or self.sim.new_id("function-call")
-            args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in call.args.items()}
+            fid = (call.id or self.sim.new_id("function-call")) if call.send_id \
+                else _no_id_key(call.name)
+            args = ({k: ctx.render(v) if isinstance(v, str) else v for k, v in call.args.items()}
+                    if isinstance(call.args, dict) else call.args)
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self.pending[fid] = fut   # also without wait: CancelToolCalls or a late response
             futs.append((fid, call, fut))
-            wire_calls.append({"id": fid, "name": call.name, "args": args})
+            wire_calls.append({"id": fid, "name": call.name, "args": args} if call.send_id
+                              else {"name": call.name, "args": args})
         await self.send({"toolCall": {"functionCalls": wire_calls}})
         for fid, call, fut in futs:
             if not call.wait:
@@ -610,6 +622,11 @@ class Connection:
         if r.closed_by is None:
             r.close_code, r.close_reason = self.ws.close_code, self.ws.close_reason
             r.closed_by = "client" if self.ws.close_code not in (None, 1006) else "drop"
+
+
+def _no_id_key(name: str) -> str:
+    """The pending-call key of a functionCall sent without an id (matched by name)."""
+    return f"(no id):{name}"
 
 
 def _split(text: str, n: int) -> list[str]:

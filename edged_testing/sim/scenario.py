@@ -61,13 +61,17 @@ class ToolCall:
     wait for the matching ``toolResponse``; its ``response`` becomes {tool_result} & co.
     A response with an unknown or missing id, or none within ``timeout`` seconds (default
     ``Scenario.tool_timeout``), is recorded in ``sim.errors`` and closes the connection 1008.
+    Malformed calls, as a client must survive them: ``send_id=False`` sends the call without an
+    id (a response is then matched by name), and ``args`` that is not an object (a string, a
+    list) is sent verbatim.
     """
 
     name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: Any = field(default_factory=dict)   # normally an object; anything else is sent as is
     wait: bool = True
     timeout: float | None = None
     id: str | None = None
+    send_id: bool = True  # False: the functionCall carries no id at all
 
 
 @dataclass

@@ -52,6 +52,7 @@ class LiveSimulator:
         self._handles: dict[str, str] = {}
         self._messages: list[tuple[int, dict[str, Any]]] = []
         self._live: set[Connection] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._fired: set[int] = set()
         self._ids = itertools.count(1)
         self._transcript_index = 0
@@ -78,6 +79,10 @@ class LiveSimulator:
             c.abort_if_stalled()
         if self._server is not None:
             self._server.close()
+            # a handler still running scripted actions (e.g. a long Sleep in a setup rule)
+            # would hold wait_closed() until they end: stop it
+            for task in list(self._handlers):
+                task.cancel()
             await self._server.wait_closed()
             self._server = None
         if self._rest is not None:
@@ -226,10 +231,14 @@ class LiveSimulator:
         log.info("connection %d opened: %s", record.index, record.path)
         conn = Connection(self, ws, record, wire.api_version(path) or "v1beta")
         self._live.add(conn)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         try:
             await conn.run()
         finally:
             self._live.discard(conn)
+            self._handlers.discard(handler)  # type: ignore[arg-type]
             await conn.finish()
             log.info("connection %d closed: %s %r by %s", record.index, record.close_code,
                      record.close_reason, record.closed_by)

@@ -62,6 +62,22 @@ def normalise(value: Any, _opaque: bool = False) -> Any:
     return value
 
 
+def scrub(value: Any) -> Any:
+    """Replace lone surrogates in every string (keys too) by U+FFFD.
+
+    JSON may carry them (``"\\ud800"`` is valid JSON syntax, and the SDK's ``json.dumps``
+    escapes a Python string that has them, e.g. text read with ``surrogateescape``), but they
+    are not Unicode text: kept, they would crash the simulator on the way out (UTF-8 cannot
+    encode them). A valid surrogate pair still becomes its one character."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
 def b64decode(data: str) -> bytes:
     """Decode standard or URL-safe base64, padded or not (the SDK sends URL-safe)."""
     s = data.strip().replace("-", "+").replace("_", "/")
