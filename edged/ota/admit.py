@@ -85,7 +85,9 @@ def forbidden(config: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     for section, value in config.items():
         if section in FORBIDDEN_SECTIONS:
-            out.append(f"[{section}]: {FORBIDDEN_SECTIONS[section]}")
+            names = ([f"{section}.{k}" for k in value] if isinstance(value, Mapping) and value
+                     else [section])
+            out.extend(f"{n}: {FORBIDDEN_SECTIONS[section]}" for n in names)
             continue
         if not isinstance(value, Mapping):
             continue
