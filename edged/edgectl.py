@@ -116,7 +116,7 @@ def ota_line(ota: dict[str, Any]) -> str:
                      f"{'v' + str(rb['to']) if rb.get('to') is not None else 'no OTA config'}"
                      f" ({_short(rb.get('reason'), 100)})")
     rej = ota.get("last_rejected")
-    if rej:
+    if rej and not rej.get("superseded"):
         parts.append(f"last REJECTED {_ota_when(rej.get('at'))}: "
                      f"{_short(rej.get('message'), 100)}")
     return " · ".join(parts)

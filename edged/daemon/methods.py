@@ -214,11 +214,14 @@ class ControlMethods:
         except BundleError as e:
             code = ErrorCode.BUSY if e.reason == "busy" else ErrorCode.REJECTED
             raise ControlError(code, f"bundle rejected ({e.reason}): {e}") from None
-        yield {"stage": "trial", **trial}
-        if trial["restart"] or not params.get("wait"):
-            yield Final({"result": "pending", **trial})
-            return
-        yield Final({**trial, **await ota.wait_verdict()})
+        try:
+            yield {"stage": "trial", **trial}
+            if trial["restart"] or not params.get("wait"):
+                yield Final({"result": "pending", **trial})
+                return
+            yield Final({**trial, **await ota.wait_verdict()})
+        finally:
+            ota.restart_if_needed()     # after the answer went out (or the caller left)
 
     async def _m_debug_stall(self, params: Params, peer: Peer) -> dict[str, Any]:
         """Test hook: block the event loop (as a deadlock would) so the watchdog lapses."""

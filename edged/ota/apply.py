@@ -65,7 +65,7 @@ class OtaManager:
         self.store = store
         self.admin = admin
         self.last_rejected: dict[str, Any] | None = None
-        self.restart_note: str | None = None
+        self._restart_for: str | None = None
         self._lock = asyncio.Lock()
         self._trial: health.HealthWindow | None = None
         self._failed: asyncio.Future[str] | None = None
@@ -118,7 +118,8 @@ class OtaManager:
 
     async def apply(self, raw: bytes, origin: str) -> dict[str, Any]:
         """Verify, admit, put on trial and reload. Returns the trial's description; raises
-        BundleError (nothing changed) when the bundle is refused."""
+        BundleError (nothing changed) when the bundle is refused. If it lists ``restart``,
+        call :meth:`restart_if_needed` once the caller has the answer."""
         if self._lock.locked() or self.store.pending is not None:
             p = self.store.pending
             raise BundleError("busy", f"version {p['version'] if p else '?'} is on trial; "
@@ -147,7 +148,7 @@ class OtaManager:
 
     def _rejected(self, e: BundleError, origin: str) -> None:
         self.last_rejected = {"at": iso(), "reason": e.reason, "message": str(e),
-                              "origin": origin}
+                              "origin": origin, "superseded": False}
         log.warning("OTA: bundle from %s rejected (%s): %s", origin, e.reason, e,
                     extra={"EDGED_EVENT": EV_OTA, "EDGED_OTA_RESULT": "rejected",
                            "EDGED_OTA_REASON": e.reason})
@@ -166,6 +167,8 @@ class OtaManager:
                                 {"baseline": baseline.as_dict(), "changed": changed,
                                  "origin": origin})
         version = bundle.meta.version
+        if self.last_rejected is not None:     # a later bundle was accepted: old news
+            self.last_rejected["superseded"] = True
         log.info("OTA: version %d from %s (key %s) on trial for %.0fs; changes: %s",
                  version, origin, bundle.key_id, window_s, ", ".join(changed) or "nothing",
                  extra={"EDGED_EVENT": EV_OTA, "EDGED_OTA_VERSION": version,
@@ -177,11 +180,16 @@ class OtaManager:
         crash_point("reloaded")
         restart = list(result.get("restart_needed") or [])
         if restart and result.get("ok"):
-            self.restart_note = (f"restarting edged to apply {', '.join(restart)}; the trial "
-                                 "continues after the restart")
-            self.host.request_restart(f"OTA version {version} changes {', '.join(restart)}")
+            self._restart_for = f"OTA version {version} changes {', '.join(restart)}"
         return {"version": version, "key_id": bundle.key_id, "changes": changed,
                 "window_s": window_s, "restart": restart}
+
+    def restart_if_needed(self) -> None:
+        """After the caller has been answered: restart edged when the bundle on trial changed
+        settings that only a start applies (the trial continues after it)."""
+        why, self._restart_for = self._restart_for, None
+        if why is not None:
+            self.host.request_restart(why)
 
     # --- the health window -----------------------------------------------------------------
 

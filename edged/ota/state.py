@@ -193,7 +193,8 @@ class OtaStore:
         p = self.pending
         assert p is not None, "commit without a pending candidate"
         at = iso()
-        committed = {k: p[k] for k in ("version", "key_id", "sha256", "created", "comment")}
+        committed = {k: p.get(k) for k in ("version", "key_id", "sha256", "created", "comment",
+                                           "origin")}
         result = {"version": p["version"], "result": "committed", "at": at, "reason": note}
         self._save({**self.state, "committed": {**committed, "committed_at": at},
                     "pending": None, "last_result": result}, "state-commit")
