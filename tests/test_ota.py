@@ -20,7 +20,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from edged.config import load_settings
-from edged.events import ComponentChanged, ConfigReloaded, DeviceChanged, SessionChanged
+from edged.events import ComponentChanged, DeviceChanged, SessionChanged
 from edged.ota.admit import Device, admit, forbidden, path_keys
 from edged.ota.bundle import (
     MAX_BUNDLE_BYTES,
@@ -292,7 +292,6 @@ def test_health_blames_only_what_the_bundle_could_break() -> None:
     w = window(online, [])
     w.observe(ComponentChanged("knowledge", "degraded", "search tool unavailable"))
     assert "knowledge is degraded" in (w.verdict() or "")
-    assert window(online, []).observe(ConfigReloaded(False, "x", "metrics: port busy"))
 
 
 # --- the state on disk, killed at each step ---------------------------------------------

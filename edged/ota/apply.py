@@ -70,6 +70,7 @@ class OtaManager:
         self._trial: health.HealthWindow | None = None
         self._failed: asyncio.Future[str] | None = None
         self._verdict: asyncio.Future[dict[str, Any]] | None = None
+        self._waiting = 0                  # callers waiting for the verdict (edgectl --wait)
         self._window_ends: float | None = None
         self._task: asyncio.Task[None] | None = None
         host.bus.observe(self._on_event, *health.EVENTS)
@@ -175,11 +176,12 @@ class OtaManager:
                         "EDGED_OTA_RESULT": "trial", "EDGED_OTA_KEY_ID": bundle.key_id})
         self._publish("trial", version, f"changes: {', '.join(changed) or 'nothing'}")
         self._open_window(baseline, changed, window_s)
-        # A reload that fails publishes ConfigReloaded(ok=False): the window fails on it.
         result = await self.host.reload(f"OTA version {version}")
         crash_point("reloaded")
         restart = list(result.get("restart_needed") or [])
-        if restart and result.get("ok"):
+        if not result.get("ok"):
+            self._fail(f"the reload could not apply it ({result.get('error')})")
+        elif restart:
             self._restart_for = f"OTA version {version} changes {', '.join(restart)}"
         return {"version": version, "key_id": bundle.key_id, "changes": changed,
                 "window_s": window_s, "restart": restart}
@@ -208,10 +210,13 @@ class OtaManager:
         self._task = asyncio.create_task(self._watch(window_s), name="ota-window")
 
     def _on_event(self, ev: Event) -> None:
-        if self._trial is None or self._failed is None or self._failed.done():
-            return
-        reason = self._trial.observe(ev)
-        if reason is not None:
+        if self._trial is not None:
+            reason = self._trial.observe(ev)
+            if reason is not None:
+                self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        if self._failed is not None and not self._failed.done():
             self._failed.set_result(reason)
 
     async def _watch(self, window_s: float) -> None:
@@ -237,6 +242,8 @@ class OtaManager:
             outcome = await self.roll_back(reason)
         if self._verdict is not None and not self._verdict.done():
             self._verdict.set_result(outcome)
+        if not self._waiting:          # else the waiter restarts once it has answered
+            self.restart_if_needed()
 
     async def roll_back(self, reason: str) -> dict[str, Any]:
         outcome = await asyncio.to_thread(self.store.rollback, reason)
@@ -248,15 +255,19 @@ class OtaManager:
         self._publish("rolled_back", v, reason)
         result = await self.host.reload(f"OTA rollback of version {v}")
         if result.get("restart_needed"):
-            self.host.request_restart(f"OTA rollback of version {v} changes "
-                                      f"{', '.join(result.get('restart_needed') or [])}")
+            self._restart_for = (f"OTA rollback of version {v} changes "
+                                 f"{', '.join(result.get('restart_needed') or [])}")
         return outcome
 
     async def wait_verdict(self) -> dict[str, Any]:
         """The outcome (committed / rolled_back) of the trial in progress."""
         if self._verdict is None:
             raise RuntimeError("no trial in progress")
-        return await asyncio.shield(self._verdict)
+        self._waiting += 1
+        try:
+            return await asyncio.shield(self._verdict)
+        finally:
+            self._waiting -= 1
 
     async def close(self) -> None:
         if self._task is not None:

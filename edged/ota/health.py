@@ -11,7 +11,8 @@ no sound card before the update does not roll back a good bundle:
 * **Audio devices**: a device that was running before, or whose ``[audio]`` settings the
   bundle changed, must be running at the end.
 * **Components**: one that was ``ok`` before must not be degraded or failed at the end.
-* **The reload itself** must have applied (a ``ConfigReloaded`` with ``ok`` False fails).
+* **The reload itself** must have applied (checked by the caller on the reload's result: a
+  reload someone else asks for during the window is not the candidate's).
 * **Crashes and watchdog kills** cannot be seen from inside; the next start rolls back
   (:meth:`edged.ota.state.OtaStore.boot`).
 """
@@ -22,11 +23,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edged.events import ComponentChanged, ConfigReloaded, DeviceChanged, Event, SessionChanged
+from edged.events import ComponentChanged, DeviceChanged, Event, SessionChanged
 
 # What the window listens to.
-EVENTS: tuple[type[Event], ...] = (SessionChanged, DeviceChanged, ComponentChanged,
-                                   ConfigReloaded)
+EVENTS: tuple[type[Event], ...] = (SessionChanged, DeviceChanged, ComponentChanged)
 SESSION_SECTIONS = frozenset({"gemini", "session"})
 
 
@@ -73,8 +73,6 @@ class HealthWindow:
             self.devices[ev.role] = (ev.state, ev.error)
         elif isinstance(ev, ComponentChanged):
             self.components[ev.name] = (ev.state, ev.detail)
-        elif isinstance(ev, ConfigReloaded) and not ev.ok:
-            return f"the reload could not apply it ({ev.error})"
         return None
 
     def verdict(self) -> str | None:
