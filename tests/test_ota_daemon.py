@@ -183,6 +183,7 @@ async def test_push_commit_refusals_and_rollback_of_a_refused_model(
         assert rc == 0, out + err
         assert "version 10" in out and "changes: gemini, vad" in out
         assert "committed: version 10 is current and last good" in out
+        print(f"\n--- $ edgectl ota apply {good.name}  (exit {rc}) ---\n{out}{err}")
         st = await rig.d.status()     # type: ignore[union-attr]
         assert st["ota"]["version"] == 10 and st["ota"]["pending"] is None
         assert st["ota"]["last_result"]["result"] == "committed"
@@ -200,6 +201,8 @@ async def test_push_commit_refusals_and_rollback_of_a_refused_model(
             rc, out, err = await rig.edgectl("ota", "apply", str(path))
             assert rc == 1, (case, out, err)
             assert f"bundle rejected ({reason})" in err and words in err, (case, err)
+            if case == "flipped byte":
+                print(f"\n--- $ edgectl ota apply {path.name}  (exit {rc}) ---\n{out}{err}")
             assert snapshot(rig.ota_dir) == before, case
         rc, text, _ = await rig.edgectl("status")
         ota_row = next(line for line in text.splitlines() if line.strip().startswith("OTA"))
@@ -224,6 +227,7 @@ async def test_push_commit_refusals_and_rollback_of_a_refused_model(
         took = time.monotonic() - t0
         assert rc == 1, out + err
         assert "ROLLED BACK: Gemini Live rejected the configuration (1008" in err, err
+        print(f"\n--- $ edgectl ota apply {bad.name}  (exit {rc}) ---\n{out}{err}")
         assert took < 300
         assert any(c.close_code == 1008 and BAD_MODEL in json.dumps(c.setup)
                    for c in sim.connections)
