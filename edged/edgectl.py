@@ -332,11 +332,16 @@ def _cmd_ota_status(a: argparse.Namespace) -> int:
 
 
 def _cmd_ota_apply(a: argparse.Namespace) -> int:
+    from edged.ota.bundle import MAX_BUNDLE_BYTES
     try:
         raw = a.file.read_bytes()
     except OSError as e:
         print(f"edgectl: {a.file}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    if len(raw) > MAX_BUNDLE_BYTES:       # the daemon would refuse it; don't send it
+        print(f"edgectl: {a.file} is {len(raw)} bytes; a bundle is at most "
+              f"{MAX_BUNDLE_BYTES} (is this the right file?)", file=sys.stderr)
+        return EXIT_DEGRADED
     final: dict[str, Any] = {}
     for item in _client(a).ota_apply(raw, wait=not a.no_wait):
         final = item

@@ -413,3 +413,65 @@ def test_meta_lines_round_trip() -> None:
     trusted = TrustedKeys({key_id(bytes(sk.verify_key)): sk.verify_key}, Path("."))
     b: Bundle = verify(raw, trusted)
     assert b.meta == m and b.config == {}
+
+
+def test_unreadable_state_is_never_silently_reset(tmp_path: Path) -> None:
+    """Forgetting state.json would accept every old version again: refuse and say how."""
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(OSError, match="move it away to reset OTA"):
+        OtaStore(tmp_path / "current.toml")
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[control]\nsocket_path = "{tmp_path}/c.sock"\n'
+                   f'[paths]\nstate_dir = "{tmp_path}/state"\n')
+    res = subprocess.run([sys.executable, "-m", "edged", "run", "--config", str(cfg),
+                          "--override", str(tmp_path / "current.toml")], capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL,
+                         env={k: v for k, v in os.environ.items()
+                              if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "INVOCATION_ID")})
+    assert res.returncode == 78 and "unreadable OTA state" in res.stderr, res.stderr
+
+
+def test_pull_url_must_be_https() -> None:
+    from edged.config import ConfigError
+    with pytest.raises(ConfigError, match="pull_url must start with https://"):
+        load_settings(Path(os.devnull), Path(os.devnull), env={},
+                      extra={"ota": {"pull_url": "http://example.org/b"}})
+
+
+def test_edgectl_refuses_an_oversized_file_without_sending_it(tmp_path: Path) -> None:
+    big = tmp_path / "big.bundle"
+    big.write_bytes(b"x" * (MAX_BUNDLE_BYTES + 1))
+    res = subprocess.run([sys.executable, "-m", "edged.edgectl", "--socket",
+                          str(tmp_path / "none.sock"), "ota", "apply", str(big)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and f"at most {MAX_BUNDLE_BYTES}" in res.stderr
+
+
+def test_pull_code_runs_with_write_xor_execute_memory(tmp_path: Path) -> None:
+    """edged-ota-pull.service sets MemoryDenyWriteExecute=yes: the code it runs (TLS set-up,
+    PyNaCl verification) must work without W+X memory. PR_SET_MDWE (Linux >= 6.3) enforces
+    the same rule on this process as systemd's filter does."""
+    sk, d = make_keys(tmp_path / "keys")
+    (tmp_path / "b.bundle").write_bytes(bundle(sk, "[vad]\naggressiveness = 3\n", 1))
+    code = f"""
+import ctypes, mmap, sys
+from pathlib import Path
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
+    print("unsupported"); sys.exit(0)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    print("not enforced"); sys.exit(1)
+except OSError:
+    pass
+from edged.ota.pull import ssl_context
+from edged.ota.bundle import verify
+from edged.ota.keys import TrustedKeys
+ssl_context(None)
+print(verify(Path({str(tmp_path / 'b.bundle')!r}).read_bytes(),
+             TrustedKeys.load(Path({str(d)!r}))).meta.version)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=REPO)
+    if res.stdout.strip() == "unsupported":
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    assert res.returncode == 0 and res.stdout.strip() == "1", res.stdout + res.stderr
