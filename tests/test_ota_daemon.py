@@ -27,6 +27,8 @@ from nacl.signing import SigningKey
 from test_daemon import Daemon, Notifications, write_config
 from test_ota import REFUSALS, bundle, make_keys, refused_bundle, snapshot
 
+from edged.control.client import ControlClient, RemoteError
+from edged.ota.bundle import MAX_BUNDLE_BYTES
 from edged.ota.state import CRASH_ENV
 from edged_testing.alsa import VirtualAlsa
 from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
@@ -153,6 +155,16 @@ def write_bundle(tmp: Path, raw: bytes, name: str) -> Path:
     return p
 
 
+def _remote_error(rig: Rig, raw: bytes) -> str:
+    """``ota.apply`` straight over the socket (no edgectl checks); the refusal's message."""
+    assert rig.d is not None
+    try:
+        list(ControlClient(rig.d.socket_path).ota_apply(raw))
+    except RemoteError as e:
+        return f"{e}"
+    raise AssertionError("the daemon accepted it")
+
+
 async def wait_for(pred: Callable[[], Any], what: str, within_s: float = 60) -> Any:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -197,9 +209,13 @@ async def test_push_commit_refusals_and_rollback_of_a_refused_model(
         before = snapshot(rig.ota_dir)
         stranger = SigningKey.generate()
         for case, reason, words in REFUSALS:
-            path = write_bundle(tmp_path, refused_bundle(case, sk, stranger), f"bad-{reason}")
+            raw = refused_bundle(case, sk, stranger)
+            path = write_bundle(tmp_path, raw, f"bad-{reason}")
             rc, out, err = await rig.edgectl("ota", "apply", str(path))
             assert rc == 1, (case, out, err)
+            if case == "oversized":      # edgectl does not even send it; the daemon, sent it
+                assert f"a bundle is at most {MAX_BUNDLE_BYTES}" in err, err  # anyway, refuses
+                err = await asyncio.to_thread(_remote_error, rig, raw)
             assert f"bundle rejected ({reason})" in err and words in err, (case, err)
             if case == "flipped byte":
                 print(f"\n--- $ edgectl ota apply {path.name}  (exit {rc}) ---\n{out}{err}")
