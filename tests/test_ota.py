@@ -475,3 +475,10 @@ print(verify(Path({str(tmp_path / 'b.bundle')!r}).read_bytes(),
     if res.stdout.strip() == "unsupported":
         pytest.skip("this kernel has no PR_SET_MDWE")
     assert res.returncode == 0 and res.stdout.strip() == "1", res.stdout + res.stderr
+
+
+def test_pull_url_credentials_are_never_shown() -> None:
+    from edged.ota.pull import shown_url
+    assert shown_url("https://host.example/f.bundle") == "https://host.example/f.bundle"
+    assert shown_url("https://u:pw@host.example:8443/f.bundle?X-Amz-Signature=abc#x") == \
+        "https://host.example:8443/f.bundle?…"

@@ -35,6 +35,7 @@ from edged.events import Event, EventBus, OtaChanged
 from edged.logs import EV_OTA
 from edged.ota import health
 from edged.ota.bundle import Bundle, BundleError
+from edged.ota.pull import shown_url
 from edged.ota.state import OtaStore, crash_point, iso
 
 log = logging.getLogger("edged.ota")
@@ -82,7 +83,8 @@ class OtaManager:
         s = self.host.settings.ota
         out = {**self.store.status(), "device_id": device_id(self.host.settings),
                "groups": list(s.groups), "last_rejected": self.last_rejected,
-               "pull_url": s.pull_url or None, "health_window_s": s.health_window_s,
+               "pull_url": shown_url(s.pull_url) if s.pull_url else None,
+               "health_window_s": s.health_window_s,
                "window_left_s": None}
         if self._window_ends is not None and self.store.pending is not None:
             out["window_left_s"] = round(max(0.0, self._window_ends - time.monotonic()), 1)

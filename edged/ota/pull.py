@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from edged import __version__
 from edged.config import DEFAULT_OVERRIDE_CONFIG, Settings
@@ -33,6 +34,17 @@ log = logging.getLogger("edged.ota.pull")
 CACHE_FILE = "pull.json"
 
 
+def shown_url(url: str) -> str:
+    """``url`` for logs and status: a signed host URL's query (a token) and any user:password
+    are cut, since both are credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    shown = urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return shown + ("?…" if parts.query else "")
+
+
 class PullError(Exception):
     """The bundle could not be fetched; the message says why."""
 
@@ -41,7 +53,8 @@ class _HttpsOnly(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
                          newurl: str) -> Any:
         if not newurl.startswith("https://"):
-            raise PullError(f"{req.full_url} redirects to {newurl}, which is not https")
+            raise PullError(f"{shown_url(req.full_url)} redirects to {shown_url(newurl)}, "
+                            "which is not https")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -72,10 +85,10 @@ def fetch(url: str, cache: dict[str, Any], ctx: ssl.SSLContext,
     except urllib.error.HTTPError as e:
         if e.code == 304:
             return None, {}
-        raise PullError(f"{url}: HTTP {e.code} {e.reason}") from None
+        raise PullError(f"{shown_url(url)}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise PullError(f"{url}: {reason}") from None
+        raise PullError(f"{shown_url(url)}: {reason}") from None
     return body, validators
 
 
@@ -121,7 +134,7 @@ def pull(settings: Settings, override: Path | None) -> int:
         log.error("OTA pull failed: %s", e, extra={"EDGED_EVENT": EV_OTA})
         return 1
     if raw is None:
-        log.info("OTA pull: %s not modified", url, extra={"EDGED_EVENT": EV_OTA})
+        log.info("OTA pull: %s not modified", shown_url(url), extra={"EDGED_EVENT": EV_OTA})
         return 0
     client = ControlClient(settings.control.socket_path)
     try:
@@ -137,7 +150,7 @@ def pull(settings: Settings, override: Path | None) -> int:
             _save_cache(cache_path, url, validators)
             return 0
         final: dict[str, Any] = {}
-        for item in client.ota_apply(raw, wait=False, origin=f"pull {url}"):
+        for item in client.ota_apply(raw, wait=False, origin=f"pull {shown_url(url)}"):
             final = item
         log.info("OTA pull: version %s handed to edged (%s)", final.get("version"),
                  final.get("result"), extra={"EDGED_EVENT": EV_OTA})
