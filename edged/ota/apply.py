@@ -19,7 +19,6 @@ logged (``EDGED_EVENT=ota``) and published as :class:`~edged.events.OtaChanged`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -270,12 +269,6 @@ class OtaManager:
             return await asyncio.shield(self._verdict)
         finally:
             self._waiting -= 1
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 def _devices(audio: dict[str, Any] | None) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -77,11 +76,6 @@ class Meta:
             out.append(f"comment: {self.comment}")
         return out
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "created": fmt_time(self.created),
-                "expires": fmt_time(self.expires), "targets": list(self.targets),
-                "min_edged_version": self.min_edged_version, "comment": self.comment}
-
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
@@ -93,10 +87,6 @@ class Bundle:
     config_bytes: bytes
     config: dict[str, Any] = field(repr=False)
     verified: bool = False
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.raw).hexdigest()
 
 
 def fmt_time(t: datetime) -> str:

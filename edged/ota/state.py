@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edged.ota.bundle import Bundle, parse_body, split
+from edged.ota.bundle import Bundle, fmt_time, parse_body, split
 
 log = logging.getLogger("edged.ota")
 
@@ -182,7 +182,7 @@ class OtaStore:
         now = time.time()
         self._save({**self.state, "highest_version": v, "pending": {
             "version": v, "key_id": bundle.key_id, "sha256": sha256(bundle.config_bytes),
-            "created": bundle.meta.as_dict()["created"], "comment": bundle.meta.comment,
+            "created": fmt_time(bundle.meta.created), "comment": bundle.meta.comment,
             "previous": None if self.committed is None else self.committed["version"],
             "applied_at": iso(now), "deadline": iso(now + window_s), "window_s": window_s,
             "starts": 1, "clean_stop": False, **trial}}, "state-begin")
