@@ -243,7 +243,7 @@ async def test_push_commit_refusals_and_rollback_of_a_refused_model(
         took = time.monotonic() - t0
         assert rc == 1, out + err
         assert "ROLLED BACK: Gemini Live rejected the configuration (1008" in err, err
-        print(f"\n--- $ edgectl ota apply {bad.name}  (exit {rc}) ---\n{out}{err}")
+        print(f"\n--- $ edgectl ota apply {bad.name}  (exit {rc}, {took:.2f} s) ---\n{out}{err}")
         assert took < 300
         assert any(c.close_code == 1008 and BAD_MODEL in json.dumps(c.setup)
                    for c in sim.connections)
