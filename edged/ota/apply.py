@@ -19,6 +19,7 @@ logged (``EDGED_EVENT=ota``) and published as :class:`~edged.events.OtaChanged`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -165,9 +166,17 @@ class OtaManager:
             components_ok=frozenset(n for n, h in v.components.items() if h.state == "ok"))
         changed = changed_sections(self.host.settings, new)
         window_s = self.host.settings.ota.health_window_s
-        await asyncio.to_thread(self.store.begin, bundle, window_s,
-                                {"baseline": baseline.as_dict(), "changed": changed,
-                                 "origin": origin})
+        try:
+            await asyncio.to_thread(self.store.begin, bundle, window_s,
+                                    {"baseline": baseline.as_dict(), "changed": changed,
+                                     "origin": origin})
+        except OSError as e:        # disk full, read-only: undo what was written, say so
+            if self.store.pending is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self.store.rollback,
+                                            f"could not write the candidate: {e}")
+            raise BundleError("storage", f"cannot write the OTA state in {self.store.dir}: "
+                              f"{e}") from None
         version = bundle.meta.version
         if self.last_rejected is not None:     # a later bundle was accepted: old news
             self.last_rejected["superseded"] = True
@@ -231,16 +240,22 @@ class OtaManager:
         self._trial = None
         self._window_ends = None
         crash_point("verdict")
-        if reason is None:
-            outcome = await asyncio.to_thread(self.store.commit,
-                                              f"healthy for {window_s:g}s")
-            v = outcome["version"]
-            log.info("OTA: version %s committed (healthy for %gs)", v, window_s,
-                     extra={"EDGED_EVENT": EV_OTA, "EDGED_OTA_VERSION": v,
-                            "EDGED_OTA_RESULT": "committed"})
-            self._publish("committed", v)
-        else:
-            outcome = await self.roll_back(reason)
+        try:
+            if reason is None:
+                outcome = await asyncio.to_thread(self.store.commit,
+                                                  f"healthy for {window_s:g}s")
+                v = outcome["version"]
+                log.info("OTA: version %s committed (healthy for %gs)", v, window_s,
+                         extra={"EDGED_EVENT": EV_OTA, "EDGED_OTA_VERSION": v,
+                                "EDGED_OTA_RESULT": "committed"})
+                self._publish("committed", v)
+            else:
+                outcome = await self.roll_back(reason)
+        except OSError as e:
+            # The record still names the candidate as pending; the next start settles it.
+            log.error("OTA: cannot record the outcome (%s): %s", reason or "healthy", e,
+                      extra={"EDGED_EVENT": EV_OTA})
+            outcome = {"version": self.store.version, "result": "error", "reason": str(e)}
         if self._verdict is not None and not self._verdict.done():
             self._verdict.set_result(outcome)
         if not self._waiting:          # else the waiter restarts once it has answered
