@@ -181,7 +181,7 @@ async def test_push_commit_refusals_and_rollback_of_a_refused_model(
         tmp_path: Path, sim: LiveSimulator, index_dirs: Path,
         keys: tuple[SigningKey, Path]) -> None:
     sk, keydir = keys
-    rig = Rig(tmp_path, sim, index_dirs, keydir, window_s=4)
+    rig = Rig(tmp_path, sim, index_dirs, keydir, window_s=6)
     try:
         await rig.start()
         st = await rig.d.wait_status(lambda s: s["session"]["state"] == "ready"   # type: ignore[union-attr]
