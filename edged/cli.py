@@ -1,4 +1,5 @@
-"""The ``edged`` command: run the daemon, chat with the model, or check the configuration.
+"""The ``edged`` command: run the daemon, chat with the model, check the configuration, or
+make, inspect and pull signed OTA config bundles (``edged ota``).
 
 Each subcommand imports its module lazily, so ``edged check-config`` works (and stays fast)
 on a machine where, say, the ALSA devices are missing.
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wav-dir", type=Path, default=Path("."),
                    help="where AUDIO replies are written, one WAV per turn")
     p.set_defaults(func=_chat)
+
+    from edged.ota.cli import add_parser as add_ota_parser
+    add_ota_parser(sub, _add_config_args)
     return parser
 
 

@@ -580,6 +580,44 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class OtaSettings(_Section):
+    """Signed over-the-air config bundles (docs/ota.md). Set only in the admin file: a bundle
+    may never change this section (it is what judges the bundle)."""
+
+    trusted_keys_dir: Path = Field(
+        default=Path("/etc/edged/ota-keys"),
+        description="Directory of trusted Ed25519 public keys (*.pub from `edged ota keygen`); "
+        "several keys so one can be rotated")
+    device_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+        description="This device's id for bundle targets (device:ID); default: the hostname")
+    groups: list[str] = Field(
+        default_factory=list,
+        description="Groups this device belongs to for bundle targets (group:NAME)")
+    health_window_s: float = Field(
+        default=60.0, ge=1.0, le=3600.0,
+        description="How long a new bundle must run healthily before it is committed; a "
+        "failure inside it rolls back to the last good config")
+    pull_url: str = Field(
+        default="", description="https:// URL of the bundle edged-ota-pull.timer fetches "
+        "(any static host); empty: no pulling")
+    pull_ca_file: Path | None = Field(
+        default=None, description="Extra CA (PEM) to trust for pull_url, e.g. a private host")
+    pull_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Timeout of each pull request")
+
+    @model_validator(mode="after")
+    def _check(self) -> OtaSettings:
+        if self.pull_url and not self.pull_url.startswith("https://"):
+            raise ValueError(f"pull_url must start with https:// (got {self.pull_url!r}): "
+                             "bundles are signed, but the fetch must not leak or be tampered "
+                             "with in transit either")
+        for g in self.groups:
+            if not g or not all(c.isalnum() or c in "._-" for c in g):
+                raise ValueError(f"group {g!r}: use letters, digits, '.', '_' or '-'")
+        return self
+
+
 class PathSettings(_Section):
     """Where the daemon keeps its own state."""
 
@@ -603,6 +641,7 @@ class Settings(_Section):
     sync: SyncSettings = SyncSettings()
     control: ControlSettings = ControlSettings()
     metrics: MetricsSettings = MetricsSettings()
+    ota: OtaSettings = OtaSettings()
     paths: PathSettings = PathSettings()
 
     def api_key(self) -> str | None:
@@ -694,12 +733,14 @@ def load_settings(
     override_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    extra_origin: str = "command-line overrides",
 ) -> Settings:
     """Load and validate the layered configuration.
 
     ``config_path``: the admin file; ``None`` means ``/etc/edged/edged.toml`` if it exists.
     ``override_path``: the OTA override; ``None`` means the default path if it exists.
-    ``extra``: a final in-memory layer (used by tests and the demo to point at the simulator).
+    ``extra``: a final in-memory layer (used by tests and the demo to point at the simulator,
+    and by OTA to validate a bundle before it is written); ``extra_origin`` names it in errors.
     """
     env = os.environ if env is None else env
     provenance: dict[tuple[str, ...], str] = {}
@@ -713,7 +754,7 @@ def load_settings(
     if override is not None and override.exists():
         _merge(merged, _read_toml(override), str(override), provenance)
     if extra:
-        _merge(merged, extra, "command-line overrides", provenance)
+        _merge(merged, extra, extra_origin, provenance)
     if env.get(ENV_API_KEY):
         _merge(merged, {"gemini": {"api_key": env[ENV_API_KEY]}}, f"${ENV_API_KEY}", provenance)
     elif (cred := env.get("CREDENTIALS_DIRECTORY")) and _not_empty(Path(cred) / CREDENTIAL_NAME):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import math
 import os
@@ -143,6 +144,66 @@ def _short(text: Any, n: int = 48) -> str:
     return t if len(t) <= n else t[:n - 1] + "…"
 
 
+def _ota_when(iso_time: Any) -> str:
+    """``2026-11-21T20:01:05+00:00`` -> ``20:01:05`` in local time (status rows are short)."""
+    with contextlib.suppress(TypeError, ValueError):
+        return datetime.fromisoformat(str(iso_time)).astimezone().strftime("%H:%M:%S")
+    return "?"
+
+
+def ota_line(ota: dict[str, Any]) -> str:
+    """The OTA row of ``edgectl status``: version in effect, trial, last result, refusal."""
+    v = ota.get("version")
+    parts = [f"version {v}" if v is not None else "no OTA config"]
+    p = ota.get("pending")
+    if p:
+        left = ota.get("window_left_s")
+        parts.append(f"on trial since {_ota_when(p.get('applied_at'))}"
+                     + (f", {left:.0f}s left" if isinstance(left, int | float) else ""))
+    last = ota.get("last_result")
+    if last:
+        what = last.get("result", "?").replace("_", " ")
+        parts.append(f"last: v{last.get('version')} {what} {_ota_when(last.get('at'))}")
+    rb = ota.get("last_rollback")
+    if rb:
+        parts.append(f"last rollback: v{rb.get('version')} -> "
+                     f"{'v' + str(rb['to']) if rb.get('to') is not None else 'no OTA config'}"
+                     f" ({_short(rb.get('reason'), 100)})")
+    rej = ota.get("last_rejected")
+    if rej and not rej.get("superseded"):
+        parts.append(f"last REJECTED {_ota_when(rej.get('at'))}: "
+                     f"{_short(rej.get('message'), 100)}")
+    return " · ".join(parts)
+
+
+def format_ota(ota: dict[str, Any]) -> str:
+    """``edgectl ota status``."""
+    lines = [f"OTA: {ota_line(ota)}"]
+
+    def row(name: str, value: Any) -> None:
+        lines.append(f"  {name:<10} {value}")
+
+    c = ota.get("committed")
+    row("committed", f"version {c['version']} (key {c.get('key_id')}, committed "
+        f"{c.get('committed_at')})" if c else "none")
+    p = ota.get("pending")
+    row("pending", f"version {p['version']} (key {p.get('key_id')}, applied "
+        f"{p.get('applied_at')}, start {p.get('starts')}, changes "
+        f"{', '.join(p.get('changed') or []) or 'nothing'})" if p else "none")
+    row("highest", ota.get("highest_version"))
+    last = ota.get("last_result")
+    if last:
+        row("last", f"version {last.get('version')} {last.get('result')} at {last.get('at')}"
+            + (f": {last['reason']}" if last.get("reason") else ""))
+    rej = ota.get("last_rejected")
+    if rej:
+        row("rejected", f"{rej.get('at')} from {rej.get('origin')}: {rej.get('message')}")
+    row("device", f"{ota.get('device_id')} · groups {', '.join(ota.get('groups') or []) or '-'}"
+        f" · health window {ota.get('health_window_s')}s")
+    row("pull", ota.get("pull_url") or "off (ota.pull_url)")
+    return "\n".join(lines)
+
+
 def format_status(st: Status, style: _Style) -> str:
     health = st.get("health", "unknown")
     problems = st.get("problems") or []
@@ -191,7 +252,7 @@ def format_status(st: Status, style: _Style) -> str:
         cline += f" · restart needed for {', '.join(rl['restart_needed'])}"
     row("config", cline)
     if st.get("ota"):
-        row("OTA", _kv(st["ota"], *st["ota"].keys()))
+        row("OTA", ota_line(st["ota"]))
     fb = st.get("feedback") or {}
     row("feedback", f"good {fb.get('good', 0)} · bad {fb.get('bad', 0)}")
     turns = st.get("turns") or []
@@ -333,6 +394,47 @@ def _cmd_feedback(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_ota_status(a: argparse.Namespace) -> int:
+    ota = _client(a).ota_status()
+    print(json.dumps(ota, indent=2, ensure_ascii=False) if a.json else format_ota(ota))
+    return EXIT_OK
+
+
+def _cmd_ota_apply(a: argparse.Namespace) -> int:
+    from edged.ota.bundle import MAX_BUNDLE_BYTES
+    try:
+        raw = a.file.read_bytes()
+    except OSError as e:
+        print(f"edgectl: {a.file}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    if len(raw) > MAX_BUNDLE_BYTES:       # the daemon would refuse it; don't send it
+        print(f"edgectl: {a.file} is {len(raw)} bytes; a bundle is at most "
+              f"{MAX_BUNDLE_BYTES} (is this the right file?)", file=sys.stderr)
+        return EXIT_DEGRADED
+    final: dict[str, Any] = {}
+    for item in _client(a).ota_apply(raw, wait=not a.no_wait):
+        final = item
+        if a.json:
+            print(json.dumps(item, ensure_ascii=False), flush=True)
+        elif item.get("stage") == "trial":
+            print(f"version {item['version']} (key {item['key_id']}) accepted; changes: "
+                  f"{', '.join(item['changes']) or 'nothing'}")
+            if item.get("restart"):
+                print(f"edged restarts to apply {', '.join(item['restart'])}; the "
+                      f"{item['window_s']:g}s health window runs after the restart")
+            elif not a.no_wait:
+                print(f"health window {item['window_s']:g}s ...", flush=True)
+    result = final.get("result")
+    if not a.json:
+        if result == "pending":
+            print("on trial: `edgectl ota status` shows the outcome")
+        elif result == "committed":
+            print(f"committed: version {final['version']} is current and last good")
+        else:
+            print(f"ROLLED BACK: {final.get('reason')}", file=sys.stderr)
+    return EXIT_OK if result in ("pending", "committed") else EXIT_DEGRADED
+
+
 def _seconds(text: str) -> float:
     """``--timeout``: a positive, finite number of seconds (anything else is a usage error)."""
     try:
@@ -359,6 +461,8 @@ VERBS: dict[str, str] = {
     "look": "take a still and save it here to check the framing (never sent to the model; "
             "refused while muted)",
     "feedback": "rate the last turn: good|bad [note] (stored with the turn)",
+    "ota": "signed config bundles: `ota apply FILE` (waits for the health window: exit 0 "
+           "committed, 1 rolled back or rejected), `ota status`",
 }
 
 
@@ -373,7 +477,7 @@ def _epilog() -> str:
         "carries a schema_version: use it in scripts, the human format may change.",
         "Pipes: `edgectl status | head -1` exits with the health code; `edgectl events | "
         "head -2` ends after two events.",
-        "reload, mute, unmute, ask, look and feedback change state: they need root, the "
+        "reload, mute, unmute, ask, look, feedback and ota apply change state: they need root, the "
         "daemon's user or a member of the control group (edged)."))
     return f"exit codes:\n{codes}\n\n{notes}"
 
@@ -416,6 +520,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("feedback", _cmd_feedback)
     sp.add_argument("rating", choices=["good", "bad"])
     sp.add_argument("note", nargs="*", help="optional words about the turn")
+    ota = sub.add_parser("ota", help=VERBS["ota"], description=VERBS["ota"], epilog=_epilog(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    ota_sub = ota.add_subparsers(dest="ota_command", metavar="OTA_COMMAND", required=True)
+    sp = ota_sub.add_parser("status", help="version in effect, trial, last result and rollback",
+                            epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sp.set_defaults(func=_cmd_ota_status)
+    sp = ota_sub.add_parser("apply", help="apply a bundle file (from `edged ota sign`); waits "
+                            "for the health window: exit 0 committed, 1 rolled back/rejected",
+                            epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("file", type=Path)
+    sp.add_argument("--no-wait", action="store_true",
+                    help="return once the bundle is on trial")
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sp.set_defaults(func=_cmd_ota_apply)
     return p
 
 

@@ -558,6 +558,25 @@ class FeedbackGiven(Event):
         return {"type": self.type, "rating": self.rating}
 
 
+@dataclass(frozen=True, slots=True)
+class OtaChanged(Event):
+    """An OTA bundle was rejected, put on trial, committed or rolled back (``loaded``: the
+    daemon started with OTA ``current`` in effect). ``version``: the bundle concerned;
+    ``current``: the version in effect afterwards (``None``: no OTA config)."""
+
+    type: ClassVar[str] = "ota"
+    action: Literal["loaded", "rejected", "trial", "committed", "rolled_back"]
+    version: int | None
+    current: int | None
+    pending: bool
+    reason: str = ""
+    t: float = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "action": self.action, "version": self.version,
+                "current": self.current, "pending": self.pending, "reason": self.reason}
+
+
 class LiveLink(Protocol):
     """What the voice loop, chat and the control socket need from the Live session."""
 

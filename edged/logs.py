@@ -38,6 +38,7 @@ EV_ERROR = "error"
 EV_RELOAD = "reload"
 EV_LIFECYCLE = "lifecycle"
 EV_CONTROL = "control"
+EV_OTA = "ota"
 
 
 def under_systemd(env: Mapping[str, str] | None = None) -> bool:

@@ -25,6 +25,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     write_to_textfile,
@@ -34,7 +35,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edged.config import MetricsSettings
-from edged.events import Event, FeedbackGiven, Reconnecting, ToolCallFinished, TurnFinished
+from edged.events import (
+    Event,
+    FeedbackGiven,
+    OtaChanged,
+    Reconnecting,
+    ToolCallFinished,
+    TurnFinished,
+)
 from edged.redact import redact
 
 log = logging.getLogger(__name__)
@@ -120,7 +128,7 @@ class _SnapshotCollector(Collector):
 class Metrics:
     # the events :meth:`on_event` counts (what to observe it for)
     EVENTS: tuple[type[Event], ...] = (TurnFinished, Reconnecting, ToolCallFinished,
-                                       FeedbackGiven)
+                                       FeedbackGiven, OtaChanged)
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -140,6 +148,15 @@ class Metrics:
                                        ["tool"], buckets=TOOL_BUCKETS, registry=self.registry)
         self.feedback = Counter("edged_feedback", "Turn ratings given with edgectl feedback",
                                 ["rating"], registry=self.registry)
+        self.ota_bundles = Counter(
+            "edged_ota_bundles", "OTA bundles by what happened to them (trial: accepted and "
+            "on trial; committed; rolled_back; rejected: refused, nothing changed)",
+            ["result"], registry=self.registry)
+        self.ota_version = Gauge("edged_ota_version", "OTA bundle version in effect (0: none)",
+                                 registry=self.registry)
+        self.ota_pending = Gauge("edged_ota_trial_pending",
+                                 "1 while an OTA bundle is in its health window",
+                                 registry=self.registry)
         self.registry.register(_SnapshotCollector(self))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
         self._http_addr: tuple[str, int] | None = None
@@ -159,6 +176,11 @@ class Metrics:
             self.tool_duration.labels(tool).observe(ev.duration_s)
         elif isinstance(ev, FeedbackGiven):
             self.feedback.labels(ev.rating).inc()
+        elif isinstance(ev, OtaChanged):
+            if ev.action != "loaded":
+                self.ota_bundles.labels(ev.action).inc()
+            self.ota_version.set(ev.current or 0)
+            self.ota_pending.set(int(ev.pending))
 
     def render(self) -> str:
         return generate_latest(self.registry).decode("utf-8")

@@ -16,7 +16,8 @@ PACKAGES = ("edged", "edged_testing")
 # What the device runs: every entry point and the modules they load lazily.
 RUNTIME_MODULES = ("edged.cli", "edged.daemon.run", "edged.edgectl", "edged.chat",
                    "edged.knowledge.sync", "edged.knowledge.evaluate", "edged.audio.voice",
-                   "edged.device_tools", "edged.knowledge.status")
+                   "edged.device_tools", "edged.knowledge.status", "edged.ota.apply",
+                   "edged.ota.cli", "edged.ota.pull", "edged.ota.admit")
 
 
 def _modules() -> dict[str, Path]:
@@ -124,6 +125,16 @@ def test_runtime_imports_without_cryptography_or_rigs() -> None:
         f"for m in {RUNTIME_MODULES!r}: importlib.import_module(m)\n"
         "bad = sorted(m for m in sys.modules if m.startswith('edged_testing'))\n"
         "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_daemon_loads_pynacl_only_to_verify_a_bundle() -> None:
+    """A 512 MB device pays for PyNaCl (cffi + libsodium) only when a bundle arrives."""
+    code = ("import sys, edged.daemon.run, edged.ota.apply, edged.ota.state, edged.edgectl\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('nacl', '_cffi'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr

@@ -46,7 +46,8 @@ def _verify(paths: list[Path]) -> subprocess.CompletedProcess[str]:
 def test_units_verify_clean(tmp_path: Path) -> None:
     copies = _stubbed_copies(tmp_path)
     assert {p.name for p in copies} == {"edged.service", "edged-index-sync.service",
-                                        "edged-index-sync.timer", "edged-retry.timer"}
+                                        "edged-index-sync.timer", "edged-retry.timer",
+                                        "edged-ota-pull.service", "edged-ota-pull.timer"}
     res = _verify(copies)
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip() == "", res.stderr      # warnings (unknown keys...) count as failures
@@ -63,14 +64,25 @@ def test_verify_harness_catches_mistakes(tmp_path: Path) -> None:
     assert res.returncode != 0 and "is not executable" in res.stderr
 
 
-@pytest.mark.parametrize("unit", ["edged.service", "edged-index-sync.service"])
-def test_security_exposure_at_most_2(unit: str, tmp_path: Path) -> None:
-    copy = next(p for p in _stubbed_copies(tmp_path) if p.name == unit)
+def _exposure(copy: Path) -> float:
     res = subprocess.run([ANALYZE, "security", "--offline=true", "--no-pager", str(copy)],
                          capture_output=True, text=True, timeout=60)
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout)
     assert m, res.stdout + res.stderr
-    assert float(m.group(1)) <= MAX_EXPOSURE, res.stdout
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("unit", ["edged.service", "edged-index-sync.service",
+                                  "edged-ota-pull.service"])
+def test_security_exposure_at_most_2(unit: str, tmp_path: Path) -> None:
+    copy = next(p for p in _stubbed_copies(tmp_path) if p.name == unit)
+    assert _exposure(copy) <= MAX_EXPOSURE
+
+
+def test_ota_pull_unit_as_strict_as_the_daemon(tmp_path: Path) -> None:
+    """The pull job talks to the internet: it may be no more exposed than edged itself."""
+    copies = {p.name: p for p in _stubbed_copies(tmp_path)}
+    assert _exposure(copies["edged-ota-pull.service"]) <= _exposure(copies["edged.service"])
 
 
 def test_unit_contract() -> None:
@@ -107,6 +119,18 @@ def test_unit_contract() -> None:
     timer = (UNITS / "edged-index-sync.timer").read_text()
     for line in ("Persistent=true", "RandomizedDelaySec=90min", "OnCalendar=*-*-* 02:30"):
         assert f"\n{line}\n" in timer, line
+    # OTA: an exit 75 (restart to apply an OTA change) is clean and restarted at once.
+    for line in ("SuccessExitStatus=75", "RestartForceExitStatus=75"):
+        assert f"\n{line}\n" in svc, line
+    from edged.daemon.run import EXIT_RESTART
+    assert EXIT_RESTART == 75
+    pull = (UNITS / "edged-ota-pull.service").read_text()
+    for line in ("Type=oneshot", "User=edged",
+                 "ExecStart=/opt/edged/bin/edged ota pull --config /etc/edged/edged.toml"):
+        assert f"\n{line}\n" in pull, line
+    timer = (UNITS / "edged-ota-pull.timer").read_text()
+    for line in ("OnUnitActiveSec=1h", "RandomizedDelaySec=15min"):
+        assert f"\n{line}\n" in timer, line
 
 
 def test_device_allow_covers_sound_and_camera_and_names_no_directory() -> None:
@@ -135,8 +159,10 @@ def test_scripts_parse(script: str) -> None:
 def test_install_dry_run_plans_everything_and_changes_nothing(tmp_path: Path) -> None:
     before = {p: p.exists() for p in (Path("/opt/edged"), Path("/etc/edged"),
                                       Path("/etc/systemd/system/edged.service"))}
+    (tmp_path / "k.pub").write_text("# a trusted OTA key\n")
     res = subprocess.run([str(REPO / "scripts" / "install-on-pi"), "--dry-run", "--admin",
-                          "root", "--no-api-key"], capture_output=True, text=True, timeout=60,
+                          "root", "--no-api-key", "--ota-key", str(tmp_path / "k.pub")],
+                         capture_output=True, text=True, timeout=60,
                          stdin=subprocess.DEVNULL, env=_without_key())
     assert res.returncode == 0, res.stderr
     out = res.stdout
@@ -149,7 +175,10 @@ def test_install_dry_run_plans_everything_and_changes_nothing(tmp_path: Path) ->
         r"would run: install -m 0644 \S+/systemd/edged.service /etc/systemd/system/"
         r"edged.service",
         r"would run: systemctl daemon-reload",
-        r"would run: systemctl enable edged.service edged-index-sync.timer",
+        r"would run: systemctl enable edged.service edged-index-sync.timer "
+        r"edged-ota-pull.timer",
+        r"would run: install -d -m 0755 -o root -g root /etc/edged/ota-keys",
+        r"would run: install -m 0644 -o root -g root \S+/k\.pub /etc/edged/ota-keys/k\.pub",
     ]
     if not shutil.which("getent") or subprocess.run(["getent", "group", "edged"],
                                                    capture_output=True).returncode != 0:
@@ -196,5 +225,6 @@ def test_uninstall_dry_run(tmp_path: Path) -> None:
     res = subprocess.run([str(REPO / "scripts" / "uninstall-from-pi"), "--dry-run"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "would run: systemctl disable --now edged-index-sync.timer edged.service" in res.stdout
+    assert ("would run: systemctl disable --now edged-ota-pull.timer edged-index-sync.timer "
+            "edged.service") in res.stdout
     assert "kept /etc/edged and /var/lib/edged" in res.stdout

@@ -7,6 +7,7 @@ never blocks another call.
 
 from __future__ import annotations
 
+import base64
 import grp
 import itertools
 import json
@@ -139,6 +140,16 @@ class ControlClient:
         """Partials ``{"deadline_s": ...}`` first, then ``{"text": ...}`` / ``{"tool": ...}`` /
         ``{"restart": why}`` (the words so far are void), then the finished turn."""
         return self.call("ask", {"text": text}, hangup_fd=hangup_fd)
+
+    def ota_status(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.call1("ota.status"))
+
+    def ota_apply(self, bundle: bytes, wait: bool = True, origin: str = "edgectl"
+                  ) -> Iterator[dict[str, Any]]:
+        """The trial (``stage``), then the result: ``pending`` or, with ``wait``, the health
+        window's outcome; that may take ``ota.health_window_s``, so there is no reply timeout."""
+        return self.call("ota.apply", {"bundle": base64.b64encode(bundle).decode("ascii"),
+                                       "wait": wait, "origin": origin}, wait_forever=wait)
 
     def events(self, hangup_fd: int | None = None) -> Iterator[dict[str, Any]]:
         """The event stream (``hello`` first), until the daemon stops; no timeout."""

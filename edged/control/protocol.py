@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     BUSY = "busy"                            # too many connections
     TOO_LARGE = "too_large"                  # request over control.max_request_bytes
+    REJECTED = "rejected"                    # an OTA bundle refused (nothing was changed)
     INTERNAL = "internal"                    # a daemon bug; the journal has the traceback
 
 
@@ -220,3 +221,4 @@ class Status(TypedDict):
     control: ControlStatus | None
     feedback: dict[str, int]
     turns: list[TurnSummary]
+    ota: dict[str, Any] | None    # edged.ota.apply.OtaManager.status(); docs/ota.md

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edged.camera.component import Camera, StillRefused
 from edged.control.protocol import ControlError, ErrorCode, Health, ReloadResult, Status
@@ -38,6 +39,9 @@ from edged.metrics import Metrics
 from edged.notify import Notifier
 from edged.redact import describe_error
 
+if TYPE_CHECKING:
+    from edged.ota.apply import OtaManager
+
 log = logging.getLogger("edged.daemon")
 
 ASK_MAX_CHARS = 4000
@@ -55,6 +59,7 @@ class DaemonAPI(Protocol):
     live: LiveSession | None
     camera: Camera
     supervisor: Supervisor
+    ota: OtaManager | None
 
     def view(self) -> st.View: ...
     def refresh_snapshot(self) -> None: ...
@@ -80,6 +85,8 @@ class ControlMethods:
             "feedback": Method(self._m_feedback, mutating=True),
             # privacy: taking a photo is for members of control.group only, like mute
             "look": Method(self._m_look, mutating=True),
+            "ota.apply": Method(self._m_ota_apply, mutating=True, streaming=True),
+            "ota.status": Method(self._m_ota_status),
         }
         if os.environ.get(DEBUG_ENV) == "1":
             m["debug.stall"] = Method(self._m_debug_stall, mutating=True)
@@ -195,6 +202,43 @@ class ControlMethods:
         except StillRefused as e:
             raise ControlError(ErrorCode.UNAVAILABLE, str(e)) from None
         return {**still.summary(), "jpeg_base64": base64.b64encode(still.jpeg).decode("ascii")}
+    def _ota(self) -> OtaManager:
+        if self.d.ota is None:
+            raise ControlError(ErrorCode.UNAVAILABLE, "OTA is not running (see the journal)")
+        return self.d.ota
+
+    async def _m_ota_status(self, params: Params, peer: Peer) -> dict[str, Any]:
+        return self._ota().status()
+
+    async def _m_ota_apply(self, params: Params, peer: Peer) -> AsyncIterator[Any]:
+        """Apply a bundle: ``{"bundle": base64, "wait": bool, "origin": str}``. Yields the
+        trial (version, changed sections, window), then the result: ``pending``, or with
+        ``wait`` the health window's outcome (``committed`` / ``rolled_back``)."""
+        from edged.ota.bundle import BundleError
+
+        ota = self._ota()
+        b64, origin = params.get("bundle"), params.get("origin", "")
+        if not isinstance(b64, str) or not isinstance(origin, str):
+            raise ControlError(ErrorCode.INVALID_PARAMS, 'ota.apply needs params {"bundle": '
+                               '"<base64 of the bundle file>"} (edgectl ota apply FILE)')
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except binascii.Error:
+            raise ControlError(ErrorCode.INVALID_PARAMS, "bundle is not base64") from None
+        origin = f"{origin[:80] or 'edgectl'} (uid {peer.uid})"
+        try:
+            trial = await ota.apply(raw, origin)
+        except BundleError as e:
+            code = ErrorCode.BUSY if e.reason == "busy" else ErrorCode.REJECTED
+            raise ControlError(code, f"bundle rejected ({e.reason}): {e}") from None
+        try:
+            yield {"stage": "trial", **trial}
+            if trial["restart"] or not params.get("wait"):
+                yield Final({"result": "pending", **trial})
+                return
+            yield Final({**trial, **await ota.wait_verdict()})
+        finally:
+            ota.restart_if_needed()     # after the answer went out (or the caller left)
 
     async def _m_debug_stall(self, params: Params, peer: Peer) -> dict[str, Any]:
         """Test hook: block the event loop (as a deadlock would) so the watchdog lapses."""

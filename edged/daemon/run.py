@@ -20,11 +20,11 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged import __version__
 from edged.camera.component import Camera
-from edged.config import ConfigError, Settings, load_settings
+from edged.config import DEFAULT_OVERRIDE_CONFIG, ConfigError, Settings, load_settings
 from edged.control.protocol import ControlError, ErrorCode, ReloadResult
 from edged.control.server import ControlServer
 from edged.daemon import status as st
@@ -40,6 +40,7 @@ from edged.events import (
     EventBus,
     HealthChanged,
     MuteChanged,
+    OtaChanged,
     Reconnecting,
     SessionChanged,
     ToolCallFinished,
@@ -49,22 +50,26 @@ from edged.events import (
     VoiceStateChanged,
 )
 from edged.feedback import FeedbackStore
-from edged.logs import EV_ERROR, EV_LIFECYCLE, EV_RELOAD, setup_logging
+from edged.logs import EV_ERROR, EV_LIFECYCLE, EV_OTA, EV_RELOAD, setup_logging
 from edged.memory import release_free_memory
 from edged.metrics import Metrics, Snapshot
 from edged.notify import Notifier, watchdog_interval
 from edged.redact import describe_error, set_secrets
 from edged.tools import ToolRegistry
 
+if TYPE_CHECKING:
+    from edged.ota.state import OtaStore
+
 log = logging.getLogger("edged.daemon")
 
 EXIT_CONFIG = 78            # EX_CONFIG: RestartPreventExitStatus=78 in edged.service
+EXIT_RESTART = 75           # EX_TEMPFAIL: RestartForceExitStatus=75 (an OTA change needs it)
 HOUSEKEEPING_S = 1.0
 INDEX_REFRESH_S = 30.0
 READY_DEVICES_WITHIN_S = 5.0
 # Events after which health and the STATUS= line may have changed.
 _STATUS_INPUTS = (ComponentChanged, SessionChanged, DeviceChanged, VoiceStateChanged,
-                  ConfigReloaded, MuteChanged, TurnFailed, TurnComplete)
+                  ConfigReloaded, MuteChanged, TurnFailed, TurnComplete, OtaChanged)
 
 
 def config_version(settings: Settings) -> str:
@@ -75,7 +80,8 @@ def config_version(settings: Settings) -> str:
 
 class Daemon:
     def __init__(self, settings: Settings, args: argparse.Namespace,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, ota_store: OtaStore | None = None,
+                 ota_note: str | None = None) -> None:
         self.settings = settings
         self.args = args
         self.notifier = notifier or Notifier()
@@ -89,6 +95,9 @@ class Daemon:
         self.live: Any = None          # LiveSession, once it could be created
         self.voice: Any = None         # VoiceLoop, once ALSA could be loaded
         self.control: ControlServer | None = None
+        self.ota: Any = None           # OtaManager (edged.ota.apply), imported lazily
+        self._ota_store, self._ota_note = ota_store, ota_note
+        self.exit_code = 0
         self.index: dict[str, Any] = {"state": "unknown"}
         self.muted = False
         self.started_at = time.time()
@@ -129,7 +138,7 @@ class Daemon:
                     "last_reload": self.last_reload},
             control=control,      # type: ignore[arg-type]
             muted=self.muted, feedback=self.feedback.counts(), turns=self.turn_log.recent(),
-            started_at=self.started_at)
+            started_at=self.started_at, ota=self.ota.status() if self.ota is not None else None)
 
     def refresh_snapshot(self) -> None:
         """Copy component state into the metrics snapshot (the HTTP thread reads only that)."""
@@ -248,6 +257,19 @@ class Daemon:
                  extra={"EDGED_EVENT": "mute", "EDGED_MUTED": int(muted)})
         self.bus.publish(MuteChanged(muted, uid))
         return muted
+
+    def _start_ota(self) -> None:
+        if self._ota_store is None:
+            return
+        from edged.ota.apply import OtaManager
+        self.ota = OtaManager(self, self._ota_store, self.args.config)
+        self.ota.start(self._ota_note)
+
+    def request_restart(self, why: str) -> None:
+        """Stop gracefully with EXIT_RESTART; systemd starts edged again at once."""
+        log.warning("restarting: %s", why, extra={"EDGED_EVENT": EV_LIFECYCLE})
+        self.exit_code = EXIT_RESTART
+        self._stop.set()
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -403,6 +425,7 @@ class Daemon:
         await self._start_voice()
         self._start_camera()
         await self._start_control()
+        self._start_ota()
         try:
             await asyncio.to_thread(self.metrics.apply_settings, self.settings.metrics)
         except OSError as e:
@@ -434,6 +457,8 @@ class Daemon:
         stop the rest (the camera closes its device), write the last metrics - within
         stop_timeout_s."""
         sup = self.supervisor
+        if self.ota is not None:
+            self.ota.on_stop()             # an OTA trial in progress continues next start
         await sup.cancel("watchdog")       # systemd stops watching once we say STOPPING
         self.notifier.stopping("stopping")
         log.info("stopping", extra={"EDGED_EVENT": EV_LIFECYCLE})
@@ -456,7 +481,7 @@ class Daemon:
         await asyncio.to_thread(self.metrics.stop_http)
         self.notifier.flush()
         log.info("stopped", extra={"EDGED_EVENT": EV_LIFECYCLE})
-        return 0
+        return self.exit_code
 
 
 def main(args: argparse.Namespace) -> int:
@@ -465,10 +490,47 @@ def main(args: argparse.Namespace) -> int:
                   else logging.INFO)
     notifier = Notifier()
     try:
-        settings = load_settings(args.config, args.override)
+        store, note = _ota_boot(args)
+        settings = _load(args, store)
         set_secrets([settings.api_key()])
     except ConfigError as e:
         log.error("%s", e, extra={"EDGED_EVENT": EV_ERROR})
         notifier.status(f"invalid configuration: {str(e).splitlines()[-1].strip()}")
         return EXIT_CONFIG
-    return asyncio.run(Daemon(settings, args, notifier).run())
+    except OSError as e:
+        log.error("OTA state: %s", e, extra={"EDGED_EVENT": EV_ERROR})
+        notifier.status(f"unusable OTA state: {e}")
+        return EXIT_CONFIG
+    return asyncio.run(Daemon(settings, args, notifier, store, note).run())
+
+
+def _ota_boot(args: argparse.Namespace) -> tuple[OtaStore, str | None]:
+    """Before the config is read: settle an OTA trial the last run left (a crash during its
+    health window rolls it back), so the layer loaded next is a whole old or new config."""
+    from edged.ota.state import OtaStore
+    store = OtaStore(args.override or DEFAULT_OVERRIDE_CONFIG)
+    boot = store.boot()
+    note = None
+    if boot.rolled_back:
+        note = boot.rolled_back
+        log.error("OTA: rolled back at start: %s", boot.rolled_back,
+                  extra={"EDGED_EVENT": EV_OTA, "EDGED_OTA_RESULT": "rolled_back"})
+    elif boot.trial is not None:
+        note = f"version {boot.trial} continues its trial"
+    if boot.repaired:
+        log.warning("OTA: %s did not match the OTA record; restored it", store.current_path,
+                    extra={"EDGED_EVENT": EV_OTA})
+    return store, note
+
+
+def _load(args: argparse.Namespace, store: OtaStore) -> Settings:
+    """The config; a candidate on trial that does not even load is rolled back first."""
+    try:
+        return load_settings(args.config, args.override)
+    except ConfigError as e:
+        if store.pending is None:
+            raise
+        store.rollback(f"it does not load at start: {e}")
+        log.error("OTA: candidate rolled back at start: %s", e,
+                  extra={"EDGED_EVENT": EV_OTA, "EDGED_OTA_RESULT": "rolled_back"})
+        return load_settings(args.config, args.override)

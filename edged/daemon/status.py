@@ -58,6 +58,7 @@ class View:
     feedback: dict[str, int]
     turns: list[TurnSummary]
     started_at: float
+    ota: dict[str, Any] | None = None       # OtaManager.status()
 
 
 def problems(v: View) -> list[str]:
@@ -137,4 +138,5 @@ def document(v: View) -> Status:
         "control": v.control,
         "feedback": v.feedback,
         "turns": v.turns,
+        "ota": v.ota,
     }
