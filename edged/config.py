@@ -182,22 +182,41 @@ class CameraSettings(_Section):
 
 
 class KnowledgeSettings(_Section):
-    index_dir: Path = Path("/var/lib/edged/index")
-    embedder: Literal["local", "gemini"] = "local"
+    index_dir: Path = Field(default=Path("/var/lib/edged/index"),
+                            description="Directory of the index generations (CURRENT pointer)")
+    embedder: Literal["multilingual", "local", "gemini"] = Field(
+        default="multilingual",
+        description="multilingual: USE-m3 static model, Spanish and English in one space (make "
+        "embedder); local: the English MiniLM model2vec model; gemini: the API (network)")
+    multilingual_model: Path | None = Field(
+        default=None, description="edged-usem3-static directory; default: the one built by make")
     local_model: Path | None = Field(
         default=None, description="model2vec directory; default: the one built by make"
     )
-    gemini_model: str = "gemini-embedding-001"
-    gemini_dims: int = Field(default=768, ge=64)
-    top_k: int = Field(default=4, ge=1, le=20)
-    char_budget: int = Field(default=1200, ge=200)
-    weight_fts: float = Field(default=1.0, ge=0)
-    weight_vec: float = Field(default=0.5, ge=0)   # the local model is weaker than BM25 (make eval)
-    rrf_k: int = Field(default=60, ge=1)
-    min_vector_similarity: float = Field(
-        default=0.65, ge=0, le=1,
-        description="Cosine floor for vector hits when no keyword matches at all (off-topic "
-        "questions then get 'nothing found'); calibrated for the local model on the sample KB")
+    gemini_model: str = Field(default="gemini-embedding-001", description="Gemini embedding model")
+    gemini_dims: int = Field(default=768, ge=64, description="Gemini output dimensionality")
+    top_k: int = Field(default=4, ge=1, le=20, description="Passages returned per search")
+    char_budget: int = Field(default=1200, ge=200,
+                             description="Characters of passage text per answer, shared")
+    relevance_bias: float = Field(
+        default=-7.7, description="Calibrated relevance = sigmoid(bias + w_vector * cosine + "
+        "w_lexical * matched share of the question's words); fitted by `make eval` on its "
+        "tuning half")
+    relevance_weight_vector: float = Field(
+        default=9.2, description="Weight of the cosine similarity in the relevance (make eval)")
+    relevance_weight_lexical: float = Field(
+        default=5.6, description="Weight of the idf-weighted share of query words the passage "
+        "contains (make eval)")
+    min_relevance: float = Field(
+        default=0.30, ge=0, le=1,
+        description="Passages below this calibrated relevance are not returned; if none is "
+        "left the tool answers 'nothing relevant' (tuned by make eval)")
+    max_passages_per_document: int = Field(
+        default=2, ge=1, le=20,
+        description="At most this many passages from one document per answer (diversity)")
+    description: str = Field(
+        default="", description="What the knowledge base covers, for the tool description the "
+        "model reads; empty: built from the index (languages, document count, sample titles)")
 
 
 class SyncSettings(_Section):

@@ -1,8 +1,13 @@
-"""Turn Markdown, plain text and HTML documents into small chunks that keep their headings.
+"""Markdown, plain text (man pages rendered to text too) and HTML into small chunks with headings.
 
 Why headings are kept: a voice answer must cite where a fact came from ("según *Gobernanza
 en MLOps*, sección Auditorías"), and the heading words are often the best search terms, so each
 chunk carries its heading path and the heading is indexed next to the text.
+
+Why titles from structure: a passage is cited by its document's title, so HTML pages use their
+first ``<h1>`` (else ``<title>``), man pages rendered to text use their NAME line («ls - lista
+el contenido de un directorio»), other plain text its underlined or first short line; only a
+document with none of these falls back to its file name.
 
 Why ids are stable: the chunk key is a hash of source id + heading path + ordinal + text, so a
 re-run over unchanged input yields identical keys (tests and incremental sync rely on that).
@@ -15,10 +20,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
-CHUNKER_VERSION = "1"
+import lxml.etree
+
+from edged.knowledge.text import Lang, detect_language
+
+CHUNKER_VERSION = "2"
 MAX_CHARS = 700       # ~120-170 words: one answerable fact, small enough for a voice snippet
 MIN_CHARS = 120       # merge tiny paragraphs into their neighbour within a section
 
@@ -36,6 +44,7 @@ class Chunk:
     ordinal: int
     heading: str      # "Title > Section > Subsection" ("" before the first heading)
     text: str
+    lang: Lang        # the chunk's language: picks its stemmer (text.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,22 +104,56 @@ def _markdown_sections(text: str) -> list[tuple[list[str], str]]:
     return sections
 
 
-class _HtmlSections(HTMLParser):
-    """Collects (heading path, body) pairs from HTML with the stdlib parser."""
+# Page furniture, by tag, ARIA role or class (Sphinx, DocBook and common site themes): menus,
+# sidebars, "Report a Bug / Show Source", tables of contents, the "¶" permalinks on headings.
+_SKIP_TAGS = frozenset({"head", "script", "style", "nav", "header", "footer", "aside", "template",
+                        "noscript", "form", "button", "select", "svg"})
+_SKIP_ROLES = frozenset({"navigation", "search", "banner", "contentinfo", "complementary"})
+_SKIP_CLASSES = frozenset({"headerlink", "sphinxsidebar", "related", "footer", "navheader",
+                           "navfooter", "toc", "breadcrumb", "breadcrumbs", "sidebar", "menu",
+                           "navbar", "skip-link", "copybutton", "this_page"})
+_HEADINGS = {f"h{i}": i for i in range(1, 7)}
+_BLOCK = frozenset({"p", "div", "li", "br", "tr", "section", "article", "pre", "blockquote",
+                    "dd", "dt", "table", "ul", "ol", "dl", "main", "body"})
+_PARAGRAPH = frozenset({"p", "pre", "table", "ul", "ol", "dl", "blockquote", "section"})
 
-    SKIP = frozenset({"script", "style", "nav", "footer", "template", "noscript"})
-    BLOCK = frozenset({"p", "div", "li", "br", "tr", "section", "article", "pre", "blockquote",
-                       "dd", "dt"})
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.title = ""
+def _clean_heading(text: str) -> str:
+    """A heading as plain words: no permalink marks ("¶", "#"), whitespace collapsed."""
+    return " ".join(text.replace("\u00b6", " ").split()).strip(" #")
+
+
+class _HtmlSections:
+    """(heading path, body) pairs from the main content of an HTML page (lxml, C speed).
+
+    Why main content only: navigation repeated on every page of a site ranks every page for
+    the site's menu words and fills passages with "Report a Bug". Page furniture (``_SKIP_*``)
+    is dropped everywhere; if the page marks its main content (``<main>``, ``<article>``,
+    ``role="main"``) only that is read.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        root = lxml.etree.fromstring(data, parser=_LXML_PARSER)
+        title_el = root.find(".//title")
+        junk, mains = [], []
+        for el in root.iter(tag=lxml.etree.Element):   # elements only, in document order
+            role, cls = el.get("role"), el.get("class")
+            if (el.tag in _SKIP_TAGS or role in _SKIP_ROLES
+                    or (cls and not _SKIP_CLASSES.isdisjoint(cls.split()))):
+                junk.append(el)
+            elif el.tag in ("main", "article") or role == "main":
+                mains.append(el)
+        for el in junk:
+            _drop(el)
+        mains = [el for el in mains if _attached(el, root)]
         self.sections: list[tuple[list[str], str]] = []
+        self.h1 = ""
         self._path: list[tuple[int, str]] = []
         self._body: list[str] = []
-        self._heading: tuple[int, list[str]] | None = None
-        self._skip = 0
-        self._in_title = False
+        self._visit(mains[0] if mains else root)
+        self._flush()
+        page_title = "".join(title_el.itertext()) if title_el is not None else ""
+        self.title = self.h1 or " ".join(page_title.split())
 
     def _flush(self) -> None:
         text = "".join(self._body)
@@ -118,41 +161,119 @@ class _HtmlSections(HTMLParser):
             self.sections.append(([h for _, h in self._path], text))
         self._body = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.SKIP:
-            self._skip += 1
-        elif tag == "title":
-            self._in_title = True
-        elif re.fullmatch(r"h[1-6]", tag):
+    def _visit(self, el: lxml.etree._Element) -> None:
+        tag = el.tag if isinstance(el.tag, str) else ""   # comments have a function as tag
+        level = _HEADINGS.get(tag)
+        if level is not None:
             self._flush()
-            self._heading = (int(tag[1]), [])
-        elif tag in self.BLOCK:
-            self._body.append("\n\n" if tag == "p" else "\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP:
-            self._skip = max(0, self._skip - 1)
-        elif tag == "title":
-            self._in_title = False
-        elif self._heading and tag == f"h{self._heading[0]}":
-            level, words = self._heading
+            text = _clean_heading("".join(el.itertext()))
             self._path = [(lvl, h) for lvl, h in self._path if lvl < level]
-            self._path.append((level, " ".join("".join(words).split())))
-            self._heading = None
+            if text:
+                self._path.append((level, text))
+                if level == 1 and not self.h1:
+                    self.h1 = text
+        elif tag:
+            if tag in _BLOCK:
+                self._body.append("\n\n" if tag in _PARAGRAPH else "\n")
+            if el.text:
+                self._body.append(el.text)
+            for child in el:
+                self._visit(child)
+            if tag in _BLOCK:
+                self._body.append("\n\n" if tag in _PARAGRAPH else "\n")
+        if el.tail:
+            self._body.append(el.tail)
 
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        if self._in_title:
-            self.title += data
-        elif self._heading is not None:
-            self._heading[1].append(data)
+
+def _drop(el: lxml.etree._Element) -> None:
+    """Remove an element but keep its tail text (that belongs to the parent)."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    if el.tail:
+        prev = el.getprevious()
+        if prev is not None:
+            prev.tail = (prev.tail or "") + el.tail
         else:
-            self._body.append(data)
+            parent.text = (parent.text or "") + el.tail
+    parent.remove(el)
 
-    def close(self) -> None:
-        super().close()
-        self._flush()
+
+def _attached(el: lxml.etree._Element, root: lxml.etree._Element) -> bool:
+    """Still in the tree (not inside dropped furniture)."""
+    while el is not None and el is not root:
+        el = el.getparent()
+    return el is root
+
+
+_LXML_PARSER = lxml.etree.HTMLParser(encoding="utf-8", remove_comments=True,
+                                    remove_pis=True)
+
+
+def _html_sections(text: str) -> tuple[str, list[tuple[list[str], str]]]:
+    """(title, sections) of an HTML page: its first h1 (else <title>) and its main content."""
+    page = _HtmlSections(text.encode("utf-8"))
+    return page.title, page.sections
+
+
+# A man page rendered to text (``man -l page.1.gz | col -b``): "LS(1)   Órdenes de usuario
+# LS(1)" first, section names in capitals at the left margin, the body indented.
+_MAN_HEADER = re.compile(r"^\s*([\w.:+-]+)\((\d\w*)\)\s.*\s\1\(\2\)\s*$")
+_MAN_SECTION = re.compile(r"^[^\s\W_a-z][^a-z]{1,60}$")
+_NAME_SECTIONS = frozenset({"NAME", "NOMBRE"})
+_UNDERLINE = re.compile(r"^\s*(=+|-+|~+|\*+)\s*$")
+
+
+def _man_sections(lines: list[str]) -> tuple[str, list[tuple[list[str], str]]]:
+    name = _MAN_HEADER.match(lines[0])
+    assert name is not None
+    sections: list[tuple[list[str], str]] = []
+    heading, body = "", []
+    for line in lines[1:]:
+        if _MAN_SECTION.match(line) and not _MAN_HEADER.match(line):
+            if "".join(body).strip():
+                sections.append(([heading] if heading else [], "\n".join(body)))
+            heading, body = " ".join(line.split()).title(), []
+        elif not _MAN_HEADER.match(line):
+            body.append(line)
+    if "".join(body).strip():
+        sections.append(([heading] if heading else [], "\n".join(body)))
+    title = f"{name.group(1).lower()}({name.group(2)})"
+    for path, text in sections:
+        if path and path[0].upper() in _NAME_SECTIONS:
+            title = " ".join(text.split())   # "ls - lista el contenido de un directorio"
+            break
+    return title, sections
+
+
+def _text_sections(text: str) -> tuple[str, list[tuple[list[str], str]]]:
+    """(title, sections) of plain text: a rendered man page, or setext-style headings
+    (a line underlined with ===, ---, ~~~) with the first short line as the title."""
+    lines = text.splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if lines and _MAN_HEADER.match(lines[0]):
+        return _man_sections(lines)
+    sections: list[tuple[list[str], str]] = []
+    heading: list[str] = []
+    body: list[str] = []
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and _UNDERLINE.match(nxt) and len(line.strip()) <= 100:
+            if "".join(body).strip():
+                sections.append((heading, "\n".join(body)))
+            heading, body = [" ".join(line.split())], []
+        elif not (_UNDERLINE.match(line) and body == [] and heading):
+            body.append(line)
+    if "".join(body).strip():
+        sections.append((heading, "\n".join(body)))
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    title = ""
+    if sections and sections[0][0]:
+        title = sections[0][0][0]
+    elif first and len(first) <= 80 and not first.endswith((".", ",", ";", ":")):
+        title = " ".join(first.split())
+    return title, sections
 
 
 def _paragraphs(body: str) -> list[str]:
@@ -203,15 +324,11 @@ def parse(source_id: str, data: bytes) -> ParsedDoc:
     text = decode(data, source_id)
     title = ""
     if kind == "html":
-        parser = _HtmlSections()
-        parser.feed(text)
-        parser.close()
-        title = " ".join(parser.title.split())
-        sections = parser.sections
+        title, sections = _html_sections(text)
     elif kind == "markdown":
         sections = _markdown_sections(text)
     else:
-        sections = [([], text)]
+        title, sections = _text_sections(text)
     if not title:
         first = next((path[0] for path, _ in sections if path), "")
         title = first or PurePosixPath(source_id).stem.replace("-", " ").replace("_", " ")
@@ -220,9 +337,12 @@ def parse(source_id: str, data: bytes) -> ParsedDoc:
         # The document title is the top heading; repeating it in every heading path adds noise.
         trail = path[1:] if path and path[0] == title else path
         heading = " > ".join(trail)
-        for piece in _pack(_paragraphs(body)):
+        pieces = _pack(_paragraphs(body))
+        lang = detect_language(f"{heading}\n{body[:400]}") if pieces else "en"
+        for piece in pieces:
             n = len(chunks)
-            chunks.append(Chunk(_chunk_key(source_id, heading, n, piece), n, heading, piece))
+            chunks.append(Chunk(_chunk_key(source_id, heading, n, piece), n, heading, piece,
+                                lang))
     if not chunks:
         raise DocumentError(f"{source_id}: no text to index")
     return ParsedDoc(title=title, chunks=chunks)

@@ -12,11 +12,22 @@ rebuild), verifies it, and only then flips ``CURRENT``. A reader therefore alway
 index - old or new - whatever point a sync is killed at, and no DB is ever renamed over one
 that is open (edge_ops.md §4).
 
-FTS5 tokenizer: ``unicode61 remove_diacritics 2`` - Unicode-aware word splitting and case
-folding for Spanish and English, and accent folding (also of letters with several diacritics),
-so "informacion" finds "información" and "GOBERNANZA" finds "gobernanza". Porter stemming is
-English-only and would mangle Spanish, so plurals are handled by prefix queries instead (see
-``search.fts_query``).
+Lexical side: a contentless FTS5 table over the chunk's Snowball stems in its own language
+(``text.index_terms``), tokenized ``unicode61 remove_diacritics 2`` (case and accent folding).
+Contentless because the words are already in ``chunks``: storing them twice doubled the file.
+A contentless row is deleted by re-sending its indexed values, recomputed from ``chunks`` by the
+same code (the stemmer version is in the meta table, so a stemmer change rebuilds instead).
+
+Vector side: each vector twice, small. ``vec_chunks`` (vec0) holds its sign bits (``bit[dims]``,
+64 bytes for 512 dims) for a fast Hamming KNN that only picks candidates; ``chunks.vec`` holds
+it as int8 (one byte per dimension, scaled to the largest component: cosine does not care) for
+exact rescoring of those candidates. float32 vectors at 100k chunks were 200 MB and a 150 ms
+brute-force scan.
+
+Compact generations: ``auto_vacuum = INCREMENTAL`` and an ``incremental_vacuum`` before a
+generation is verified, so pages freed by deleted documents leave the file instead of being
+copied into every later generation. A generation being built is unpublished, so it is written
+with an in-memory journal and no syncs; it is fsynced once, whole, before it is published.
 """
 
 from __future__ import annotations
@@ -33,11 +44,13 @@ import numpy as np
 import sqlite_vec
 
 from edged.knowledge.chunking import CHUNKER_VERSION, Chunk
+from edged.knowledge.text import TEXT_VERSION, index_terms
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 POINTER = "CURRENT"
 LOCK_FILE = ".sync.lock"
 FTS_TOKENIZER = "unicode61 remove_diacritics 2"
+EMBED_BATCH = 256   # chunks embedded and written at a time: memory stays flat for big documents
 _GEN_FILE = re.compile(r"^index-(\d{6,})\.db$")
 
 
@@ -115,12 +128,17 @@ def _load_vec(conn: sqlite3.Connection) -> None:
 
 
 def connect_rw(path: Path) -> sqlite3.Connection:
-    """A writer connection (only the sync uses these), WAL, manual transactions."""
+    """A writer connection for an UNPUBLISHED generation (only the sync uses these).
+
+    No reader sees the file until it is verified, fsynced and named by ``CURRENT``, and a run
+    killed half-way has its file deleted by the next run, so the journal stays in memory
+    (rollback still works) and nothing is synced until the end: every page is written once.
+    """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     _load_vec(conn)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA journal_mode=MEMORY")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-16000")   # 16 MB
     return conn
 
 
@@ -146,6 +164,9 @@ def connect_ro(path: Path) -> sqlite3.Connection:
 
 def create_schema(conn: sqlite3.Connection, embedder: str, dims: int) -> None:
     """Tables of a fresh generation (unpublished until verified, so no transaction needed)."""
+    if dims % 8:
+        raise ValueError(f"embedder dims {dims} must be a multiple of 8 (bit vectors)")
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")   # before the first table
     conn.executescript(f"""
         CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE documents(
@@ -164,18 +185,22 @@ def create_schema(conn: sqlite3.Connection, embedder: str, dims: int) -> None:
             ord INTEGER NOT NULL,
             chunk_key TEXT NOT NULL UNIQUE,
             heading TEXT NOT NULL,
-            text TEXT NOT NULL);
+            text TEXT NOT NULL,
+            lang TEXT NOT NULL,
+            vec BLOB NOT NULL);
         CREATE INDEX chunks_doc ON chunks(doc_id);
         CREATE VIRTUAL TABLE vec_chunks USING vec0(
             chunk_id INTEGER PRIMARY KEY,
-            embedding float[{int(dims)}] distance_metric=cosine);
+            embedding bit[{int(dims)}]);
         CREATE VIRTUAL TABLE fts_chunks USING fts5(
-            title, heading, text, tokenize="{FTS_TOKENIZER}");
+            title, heading, text, content='', tokenize="{FTS_TOKENIZER}");
+        CREATE VIRTUAL TABLE fts_vocab USING fts5vocab(fts_chunks, 'row');
     """)
     with transaction(conn):
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
             ("schema_version", SCHEMA_VERSION), ("embedder", embedder), ("dims", str(dims)),
-            ("chunker_version", CHUNKER_VERSION), ("fts_tokenizer", FTS_TOKENIZER)])
+            ("chunker_version", CHUNKER_VERSION), ("fts_tokenizer", FTS_TOKENIZER),
+            ("text_version", TEXT_VERSION)])
 
 
 @contextlib.contextmanager
@@ -200,7 +225,8 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
 def incompatibility(meta: dict[str, str], embedder: str, dims: int) -> str | None:
     """Why an index cannot be reused with this embedder/chunker/schema, or None if it can."""
     want = {"schema_version": SCHEMA_VERSION, "embedder": embedder, "dims": str(dims),
-            "chunker_version": CHUNKER_VERSION, "fts_tokenizer": FTS_TOKENIZER}
+            "chunker_version": CHUNKER_VERSION, "fts_tokenizer": FTS_TOKENIZER,
+            "text_version": TEXT_VERSION}
     diffs = [f"{k} {meta.get(k)!r} != {v!r}" for k, v in want.items() if meta.get(k) != v]
     return "; ".join(diffs) or None
 
@@ -215,22 +241,47 @@ def stored_documents(conn: sqlite3.Connection) -> dict[str, DocRow]:
     return {r[0]: DocRow(*r) for r in rows}
 
 
+def bits(vectors: np.ndarray) -> np.ndarray:
+    """Sign bits of vectors, packed as ``vec_bit()`` takes them (one row per vector)."""
+    return np.packbits(np.asarray(vectors) > 0, axis=-1, bitorder="little")
+
+
+def int8(vectors: np.ndarray) -> np.ndarray:
+    """Vectors as int8 scaled to their largest component (cosine is scale-free)."""
+    v = np.asarray(vectors, np.float32)
+    peak = np.abs(v).max(axis=-1, keepdims=True)
+    return np.round(v * (127.0 / np.where(peak == 0, 1.0, peak))).astype(np.int8)
+
+
+def _fts_values(title: str, heading: str, text: str, lang: str) -> tuple[str, str, str]:
+    return (index_terms(title, lang), index_terms(heading, lang),  # type: ignore[arg-type]
+            index_terms(text, lang))  # type: ignore[arg-type]
+
+
 def _delete_doc_rows(conn: sqlite3.Connection, source_id: str) -> None:
-    row = conn.execute("SELECT id FROM documents WHERE source_id = ?", (source_id,)).fetchone()
+    row = conn.execute("SELECT id, title FROM documents WHERE source_id = ?",
+                       (source_id,)).fetchone()
     if row is None:
         return
-    ids = [(cid,) for (cid,) in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", row)]
-    conn.executemany("DELETE FROM vec_chunks WHERE chunk_id = ?", ids)
-    conn.executemany("DELETE FROM fts_chunks WHERE rowid = ?", ids)
-    conn.execute("DELETE FROM chunks WHERE doc_id = ?", row)
-    conn.execute("DELETE FROM documents WHERE id = ?", row)
+    doc_id, title = row
+    rows = conn.execute("SELECT id, heading, text, lang FROM chunks WHERE doc_id = ?",
+                        (doc_id,)).fetchall()
+    conn.executemany("DELETE FROM vec_chunks WHERE chunk_id = ?", [(r[0],) for r in rows])
+    conn.executemany(
+        "INSERT INTO fts_chunks(fts_chunks, rowid, title, heading, text)"
+        " VALUES ('delete', ?, ?, ?, ?)",
+        [(cid, *_fts_values(title, heading, text, lang)) for cid, heading, text, lang in rows])
+    conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+    conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
 
 
 def replace_document(conn: sqlite3.Connection, doc: DocRow, chunks: Sequence[Chunk],
-                     vectors: np.ndarray) -> None:
-    """Delete + insert one document in ONE transaction (vec0 0.1.9 has no upsert)."""
-    if len(chunks) != len(vectors):
-        raise ValueError(f"{doc.source_id}: {len(chunks)} chunks but {len(vectors)} vectors")
+                     embed: Callable[[Sequence[Chunk]], np.ndarray]) -> None:
+    """Delete + insert one document in ONE transaction (vec0 0.1.9 has no upsert).
+
+    ``embed`` is called on batches of EMBED_BATCH chunks, each written before the next is
+    embedded, so a 50 MB document never holds all its vectors in memory at once.
+    """
     with transaction(conn):
         _delete_doc_rows(conn, doc.source_id)
         cur = conn.execute(
@@ -239,14 +290,26 @@ def replace_document(conn: sqlite3.Connection, doc: DocRow, chunks: Sequence[Chu
             (doc.source_id, doc.title, doc.content_hash, doc.etag, doc.last_modified, doc.size,
              len(chunks)))
         doc_id = cur.lastrowid
-        for chunk, vec in zip(chunks, vectors, strict=True):
-            cid = conn.execute(
-                "INSERT INTO chunks(doc_id, ord, chunk_key, heading, text) VALUES (?, ?, ?, ?, ?)",
-                (doc_id, chunk.ordinal, chunk.key, chunk.heading, chunk.text)).lastrowid
-            conn.execute("INSERT INTO vec_chunks(chunk_id, embedding) VALUES (?, ?)",
-                         (cid, np.asarray(vec, np.float32).tobytes()))
-            conn.execute("INSERT INTO fts_chunks(rowid, title, heading, text) VALUES (?, ?, ?, ?)",
-                         (cid, doc.title, chunk.heading, chunk.text))
+        titles = {lang: index_terms(doc.title, lang) for lang in ("es", "en")}
+        for start in range(0, len(chunks), EMBED_BATCH):
+            batch = chunks[start:start + EMBED_BATCH]
+            vectors = embed(batch)
+            if len(vectors) != len(batch):
+                raise ValueError(f"{doc.source_id}: {len(batch)} chunks but {len(vectors)} "
+                                 "vectors")
+            packed, small = bits(vectors), int8(vectors)
+            for i, chunk in enumerate(batch):
+                cid = conn.execute(
+                    "INSERT INTO chunks(doc_id, ord, chunk_key, heading, text, lang, vec)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (doc_id, chunk.ordinal, chunk.key, chunk.heading, chunk.text, chunk.lang,
+                     small[i].tobytes())).lastrowid
+                conn.execute("INSERT INTO vec_chunks(chunk_id, embedding) VALUES (?, vec_bit(?))",
+                             (cid, packed[i].tobytes()))
+                conn.execute(
+                    "INSERT INTO fts_chunks(rowid, title, heading, text) VALUES (?, ?, ?, ?)",
+                    (cid, titles[chunk.lang], index_terms(chunk.heading, chunk.lang),
+                     index_terms(chunk.text, chunk.lang)))
 
 
 def delete_document(conn: sqlite3.Connection, source_id: str) -> None:
@@ -265,18 +328,26 @@ def verify(conn: sqlite3.Connection) -> None:
             raise IndexUnavailable(f"meta key {key!r} missing")
     n_chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
     n_vec = conn.execute("SELECT count(*) FROM vec_chunks").fetchone()[0]
-    n_fts = conn.execute("SELECT count(*) FROM fts_chunks").fetchone()[0]
+    # contentless FTS5 has no row count of its own: the document-size table ("docsize") has one
+    # row per indexed chunk
+    n_fts = conn.execute("SELECT count(*) FROM fts_chunks_docsize").fetchone()[0]
     n_expected = conn.execute("SELECT coalesce(sum(n_chunks), 0) FROM documents").fetchone()[0]
     if not n_chunks == n_vec == n_fts == n_expected:
         raise IndexUnavailable(f"row counts disagree: chunks={n_chunks} vec={n_vec} "
                                f"fts={n_fts} documents.n_chunks={n_expected}")
     probe = conn.execute("SELECT chunk_id, embedding FROM vec_chunks LIMIT 1").fetchone()
     if probe is not None:
-        got = conn.execute("SELECT chunk_id FROM vec_chunks WHERE embedding MATCH ? AND k = 1",
+        got = conn.execute("SELECT chunk_id FROM vec_chunks WHERE embedding MATCH vec_bit(?)"
+                           " AND k = 1",
                            (probe[1],)).fetchone()
         if got is None:
             raise IndexUnavailable("test KNN query returned nothing")
         conn.execute("SELECT rowid FROM fts_chunks WHERE fts_chunks MATCH 'a*' LIMIT 1").fetchall()
+
+
+def compact(conn: sqlite3.Connection) -> None:
+    """Give the pages freed by deleted documents back to the file system (auto_vacuum)."""
+    conn.execute("PRAGMA incremental_vacuum")
 
 
 def fsync_file(path: Path) -> None:

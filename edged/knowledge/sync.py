@@ -27,16 +27,17 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from edged.config import ConfigError, Settings, load_settings
 from edged.knowledge import store
-from edged.knowledge.chunking import DocumentError, ParsedDoc, kind_of, parse
+from edged.knowledge.chunking import Chunk, DocumentError, ParsedDoc, kind_of, parse
 from edged.knowledge.embedders import Embedder, EmbedderError, make_embedder
 from edged.knowledge.sources import FetchError, Listed, Source, SourceUnreachable, open_source
 
@@ -311,12 +312,19 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
                 row, parsed = todo
                 if conn is None:
                     conn = new_generation()
-                texts = [_embed_text(row.title, c.heading, c.text) for c in parsed.chunks]
-                vectors = runner.run(emb.embed(texts, "document"))
-                result.chunks_embedded += len(texts)
-                cp(f"embedded {row.source_id}")
-                store.replace_document(conn, row, parsed.chunks, vectors)
-                cp(f"written {row.source_id}")
+
+
+                def embed(batch: Sequence[Chunk], title: str = row.title) -> np.ndarray:
+                    texts = [_embed_text(title, c.heading, c.text) for c in batch]
+                    return runner.run(emb.embed(texts, "document"))
+
+                store.replace_document(conn, row, parsed.chunks, embed)
+                result.chunks_embedded += len(parsed.chunks)
+                cp(f"embedded and written {row.source_id}")
+        for problem in getattr(src, "problems", []):
+            result.errors.append(problem)
+            result.skipped += 1
+            log.warning("skipped %s", problem)
         if conn is None and plan.reuse and not removed:   # nothing to change: no new file
             assert old is not None
             result.generation = current
@@ -331,11 +339,12 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with store.transaction(conn):
             store.set_meta(conn, generation=str(gen), updated_at=now,
+                           summary=json.dumps(_summary(conn), ensure_ascii=False),
                            **({} if plan.reuse else {"built_at": now}))
         cp("meta-written")
+        store.compact(conn)
         store.verify(conn)
         cp("verified")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         store.fsync_file(path)
         store.fsync_dir(index_dir)
@@ -353,6 +362,15 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
     cp("old-generations-removed")
     with contextlib.closing(store.connect_ro(path)) as fresh:
         _fill_totals(result, fresh, path)
+
+
+def _summary(conn: sqlite3.Connection) -> dict[str, object]:
+    """What the index covers, for the tool description: languages and the biggest titles."""
+    langs = dict(conn.execute("SELECT lang, count(*) FROM chunks GROUP BY lang").fetchall())
+    titles = [t for (t,) in conn.execute(
+        "SELECT title FROM documents ORDER BY n_chunks DESC, source_id LIMIT 12")]
+    docs = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+    return {"documents": docs, "chunks_by_language": langs, "titles": titles}
 
 
 def _fill_totals(result: SyncResult, conn: sqlite3.Connection, path: Path) -> None:
@@ -468,10 +486,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-dir", type=Path, help="override knowledge.index_dir")
     ap.add_argument("--state-dir", type=Path, help="override sync.state_dir (result record)")
     ap.add_argument("--full", action="store_true", help="rebuild from scratch (new generation)")
-    ap.add_argument("--eval", action="store_true",
-                    help="evaluate retrieval on the sample knowledge base and labelled queries "
-                         "(recall@5, MRR@10 for fts, vector, hybrid); builds a temporary index")
-    ap.add_argument("--queries", type=Path, help="labelled queries JSON for --eval")
     ap.add_argument("--json", action="store_true", help="print the result record as JSON")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -484,10 +498,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"edged-index-sync: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.eval:
-        from edged.knowledge.evaluate import run_eval  # eval-only imports
-
-        return run_eval(settings, args.queries)
     result = sync_and_record(settings, source=args.source, index_dir=args.index_dir,
                              full=args.full)
     if args.json:

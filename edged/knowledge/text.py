@@ -1,0 +1,111 @@
+"""Words for the lexical index: language per chunk, Snowball stems, stop words, safe queries.
+
+Why stems: people ask «¿cómo *borro* un fichero?» while the page says «borra» or «borrar»; the
+Spanish Snowball stemmer maps all three to ``borr``. Each chunk is stemmed with the stemmer of
+its own language (``py3langid``, restricted to Spanish and English, on the chunk's text). A
+spoken question is too short to tell its language reliably, and may mix both («¿cómo hago un
+commit?»), so at query time every word is stemmed both ways and either stem may match.
+
+The FTS5 table holds these stems, not the raw words (``store.py``); its ``unicode61
+remove_diacritics 2`` tokenizer then folds case and accents of the stems, so «informacion»
+typed without its accent still meets «información».
+
+Why the same function at both ends: :func:`index_terms` and :func:`query_alternatives` share
+:func:`words` and the stemmers, so a word is cut the same way in a chunk and in a question.
+Changing anything here that changes the stems must bump :data:`TEXT_VERSION`, which forces a
+rebuild of existing indexes (the stems are stored in the index).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import re
+import unicodedata
+from typing import Literal
+
+import snowballstemmer
+
+Lang = Literal["es", "en"]
+LANGS: tuple[Lang, ...] = ("es", "en")
+TEXT_VERSION = f"1:snowballstemmer-{importlib.metadata.version('snowballstemmer')}"
+MAX_QUERY_WORDS = 12   # a spoken question rarely has more content words; bounds the OR query
+
+_WORD = re.compile(r"\w+")
+_STEMMERS = {"es": snowballstemmer.stemmer("spanish"), "en": snowballstemmer.stemmer("english")}
+
+# Function words that match everything and only slow BM25 down (lowercase, accents folded).
+STOPWORDS = frozenset(
+    """
+a al algo algun alguna algunos ante como con contra cual cuales cuando de del desde donde
+durante el ella ellas ellos en entre era es esa ese eso esta estan este esto estos fue ha han
+hay hace hacer hago la las le les lo los mas me mi mis muy nada ni no nos o os otra otro para
+pero poco por porque puede puedo que quien se sea ser si sin sobre son su sus tambien te
+tengo tiene tienen todo todos tu un una uno unos usted y ya yo quiero saber decir dime
+a about after all also an and any are as at be been but by can could did do does for from get
+had has have how i if in into is it its just me my no not of on or our out so some than that
+the their them then there these they this to up was we were what when where which who why will
+with would you your want know tell please
+""".split()  # noqa: SIM905 - a word list reads better as text
+)
+
+
+def fold(text: str) -> str:
+    """Lowercase without accents: the form stop words and the FTS5 tokenizer compare."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words (accents kept: the Spanish stemmer needs them), stop words dropped."""
+    return [w for w in _WORD.findall(text.lower())
+            if fold(w) not in STOPWORDS and not (w.isdigit() and len(w) < 2)]
+
+
+@functools.lru_cache(maxsize=200_000)
+def stem(word: str, lang: Lang) -> str:
+    """One word's stem in one language, accent-folded (cached: vocabularies repeat a lot)."""
+    return fold(_STEMMERS[lang].stemWord(word)) if word.isalpha() else fold(word)
+
+
+@functools.cache
+def _identifier():  # -> py3langid.langid.LanguageIdentifier
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier  # ~0.3 s to load: lazily
+
+    ident = LanguageIdentifier.from_model_file(MODEL_FILE)
+    ident.set_languages(list(LANGS))
+    return ident
+
+
+def detect_language(text: str) -> Lang:
+    """Spanish or English, whichever the text is closer to (enough for a chunk's stemmer)."""
+    lang = _identifier().classify(text[:2000])[0]
+    return "es" if lang == "es" else "en"
+
+
+def index_terms(text: str, lang: Lang) -> str:
+    """The text as space-separated stems in its language: what the FTS5 columns hold."""
+    return " ".join(stem(w, lang) for w in words(text))
+
+
+def query_alternatives(*texts: str) -> list[tuple[str, ...]]:
+    """Per distinct query word (across the question and its translations), its stems in every
+    language; at most MAX_QUERY_WORDS words per text, so the OR query stays bounded."""
+    out: list[tuple[str, ...]] = []
+    seen: set[tuple[str, ...]] = set()
+    for text in texts:
+        for w in words(text)[:MAX_QUERY_WORDS]:
+            alts = tuple(dict.fromkeys(stem(w, lang) for lang in LANGS))
+            if alts not in seen:
+                seen.add(alts)
+                out.append(alts)
+    return out
+
+
+def fts_query(alternatives: list[tuple[str, ...]]) -> str | None:
+    """A safe FTS5 MATCH expression: every stem double-quoted (so no user text is ever FTS5
+    syntax), a word's stems OR-ed, words OR-ed (a spoken question need not contain every
+    word; BM25 ranks chunks that contain more of them higher). No prefix queries: stems make
+    them unnecessary, and they made queries slow at 100k chunks."""
+    terms = [" OR ".join(f'"{s}"' for s in alts) for alts in alternatives]
+    return " OR ".join(f"({t})" if " OR " in t else t for t in terms) or None
