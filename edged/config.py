@@ -199,16 +199,16 @@ class KnowledgeSettings(_Section):
     char_budget: int = Field(default=1200, ge=200,
                              description="Characters of passage text per answer, shared")
     relevance_bias: float = Field(
-        default=-7.7, description="Calibrated relevance = sigmoid(bias + w_vector * cosine + "
+        default=-6.1, description="Calibrated relevance = sigmoid(bias + w_vector * cosine + "
         "w_lexical * matched share of the question's words); fitted by `make eval` on its "
         "tuning half")
     relevance_weight_vector: float = Field(
-        default=9.2, description="Weight of the cosine similarity in the relevance (make eval)")
+        default=5.19, description="Weight of the cosine similarity in the relevance (make eval)")
     relevance_weight_lexical: float = Field(
-        default=5.6, description="Weight of the idf-weighted share of query words the passage "
+        default=5.18, description="Weight of the idf-weighted share of query words the passage "
         "contains (make eval)")
     min_relevance: float = Field(
-        default=0.30, ge=0, le=1,
+        default=0.08, ge=0, le=1,
         description="Passages below this calibrated relevance are not returned; if none is "
         "left the tool answers 'nothing relevant' (tuned by make eval)")
     max_passages_per_document: int = Field(

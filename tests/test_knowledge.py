@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edged.config import Settings, load_settings
-from edged.knowledge import SAMPLE_KB, SAMPLE_QUERIES
+from edged.knowledge import SAMPLE_KB
 from edged.knowledge import chunking as ch
 from edged.knowledge.embedders import (
     Embedder,
@@ -26,10 +26,12 @@ from edged.knowledge.embedders import (
     LocalEmbedder,
     resolve_model_dir,
 )
-from edged.knowledge.search import Searcher, cite, fts_query
+from edged.knowledge.evaluate import load_questions
+from edged.knowledge.search import Searcher, cite
 from edged.knowledge.status import index_status
 from edged.knowledge.store import FTS_TOKENIZER
 from edged.knowledge.sync import run_sync, sync_and_record
+from edged.knowledge.text import fts_query, index_terms, query_alternatives
 from edged.knowledge.tool import make_search_tool
 from edged.sim import LiveSimulator
 from edged.tools import ToolRegistry
@@ -143,14 +145,21 @@ def test_bad_documents_are_refused_with_reason(name: str, data: bytes, reason: s
 
 # --- FTS query safety and tokenizer ---------------------------------------------------------
 
+FTS_ROWS = [("La gobernanza de la información y las auditorías", "es"),
+            ("Model registry with approvals", "en"),
+            ("Los modelos en producción", "es"),
+            ("Para borrar un fichero use rm; borra también directorios con -r", "es"),
+            ("Copy the files and keep the notes", "en"),
+            ("El lunes a las tres se apaga el servidor", "es")]
+
+
 @pytest.fixture
 def fts_db() -> Iterator[sqlite3.Connection]:
+    """A real FTS5 table holding stems the way the index does (each row in its language)."""
     conn = sqlite3.connect(":memory:")
     conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(text, tokenize=\"{FTS_TOKENIZER}\")")
-    conn.executemany("INSERT INTO t(text) VALUES (?)", [
-        ("La gobernanza de la información y las auditorías",),
-        ("Model registry with approvals",),
-        ("Los modelos en producción",)])
+    conn.executemany("INSERT INTO t(text) VALUES (?)",
+                     [(index_terms(text, lang),) for text, lang in FTS_ROWS])  # type: ignore[arg-type]
     yield conn
     conn.close()
 
@@ -161,7 +170,7 @@ def fts_db() -> Iterator[sqlite3.Connection]:
     "DROP TABLE t; --", "emoji 🤖 query", "tab\tnew\nline",
 ])
 def test_any_user_query_is_safe_fts_syntax(fts_db: sqlite3.Connection, query: str) -> None:
-    match = fts_query(query)
+    match = fts_query(query_alternatives(query))
     if match is not None:
         fts_db.execute("SELECT rowid FROM t WHERE t MATCH ?", (match,)).fetchall()
 
@@ -169,13 +178,22 @@ def test_any_user_query_is_safe_fts_syntax(fts_db: sqlite3.Connection, query: st
 @pytest.mark.parametrize(("query", "expected"), [
     ("informacion", 1), ("GOBERNANZA", 1), ("auditoria", 1), ("modelo", 3),
     ("approval", 2), ("producción", 3),
+    # Spanish verbs as people ask vs. as the page writes them (Snowball, per chunk language)
+    ("¿cómo borro un fichero?", 4), ("borré los ficheros", 4), ("¿cómo apago el servidor?", 6),
+    # the old plural trimming cut these to fil/not/tre/lun and found nothing
+    ("files", 5), ("notes", 5), ("tres", 6), ("lunes", 6), ("copying a file", 5),
 ])
-def test_accents_case_and_plurals_match(fts_db: sqlite3.Connection, query: str,
-                                        expected: int) -> None:
-    match = fts_query(query)
+def test_morphology_accents_case_and_plurals_match(fts_db: sqlite3.Connection, query: str,
+                                                   expected: int) -> None:
+    match = fts_query(query_alternatives(query))
     assert match is not None
     rows = fts_db.execute("SELECT rowid FROM t WHERE t MATCH ?", (match,)).fetchall()
     assert expected in {r[0] for r in rows}
+
+
+def test_query_words_are_bounded_and_stop_words_dropped() -> None:
+    alts = query_alternatives("¿cómo y por qué " + " ".join(f"palabra{i}" for i in range(40)))
+    assert len(alts) == 12 and ("como",) not in alts
 
 
 # --- search, budget, tool -------------------------------------------------------------------
@@ -213,7 +231,7 @@ def test_cite_fits_the_character_budget() -> None:
     hits = [Hit(i, f"s{i}.md", "T", "H", "palabra " * 200, 1.0 / (i + 1)) for i in range(6)]
     out = cite(hits, 500)
     assert sum(len(str(r["text"])) for r in out) <= 500
-    assert all(set(r) == {"title", "source", "heading", "text", "score"} for r in out)
+    assert all(set(r) == {"title", "source", "heading", "text", "relevance"} for r in out)
     assert str(out[0]["text"]).endswith("…")
 
 
@@ -235,7 +253,7 @@ async def test_tool_returns_small_cited_results(registry_and_index: Any) -> None
     assert "error" not in resp
     assert len(resp["results"]) <= 2
     assert resp["results"][0]["source"] == "drift.md"
-    assert set(resp["results"][0]) == {"title", "source", "heading", "text", "score"}
+    assert set(resp["results"][0]) == {"title", "source", "heading", "text", "relevance"}
     assert len(json.dumps(resp)) < settings.knowledge.char_budget + 600
 
 
@@ -269,7 +287,7 @@ async def test_tool_without_index_answers_with_the_fix(tmp_path: Path) -> None:
 
 
 async def test_tool_with_missing_model_answers_with_the_fix(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, local_model=str(tmp_path / "no-model"))
+    settings = make_settings(tmp_path, multilingual_model=str(tmp_path / "no-model"))
     reg = ToolRegistry(timeout_s=5)
     reg.register(make_search_tool(settings))
     resp = await call(reg, {"query": "drift"})
@@ -361,16 +379,20 @@ async def test_demo_question_finds_governance_doc_first_with_real_model(
     resp = await call(reg, {"query": DEMO_QUESTION})
     assert resp["results"][0]["source"] == "gobernanza-mlops.md"
     assert resp["results"][0]["title"] == "Gobernanza en MLOps"
-    en = await call(reg, {"query": "how do I roll back a bad model?"})
+    en = await call(reg, {"query": "how do I do a rollback of a bad model?",
+                          "translation": "¿cómo vuelvo a la versión anterior de un modelo?"})
     assert {"model-registry.md", "incident-response.md"} & {r["source"] for r in en["results"]}
 
 
-def test_labelled_queries_cover_both_languages() -> None:
-    queries = json.loads(SAMPLE_QUERIES.read_text())["queries"]
-    docs = {p.name for p in SAMPLE_KB.iterdir()}
-    assert len(queries) >= 40
-    assert {q["lang"] for q in queries} == {"es", "en"}
-    assert all(set(q["relevant"]) <= docs for q in queries)
+def test_labelled_questions_are_spanish_first_with_halves_and_no_answer_ones() -> None:
+    qs = load_questions()
+    assert len(qs) >= 150 and len({q.id for q in qs}) == len(qs)
+    cats = [q.category for q in qs]
+    assert cats.count("es-es") > len(qs) / 2
+    assert {"en-es", "es-en", "en-en", "none"} <= set(cats)
+    for cat in set(cats):   # every kind of question on both sides of the split
+        assert {q.split for q in qs if q.category == cat} == {"tune", "test"}
+    assert all(bool(q.relevant) == (q.category != "none") and q.translation for q in qs)
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -388,3 +410,98 @@ def test_index_status_reports_missing_then_live_index(tmp_path: Path) -> None:
     assert st["db_bytes"] > 0 and st["embedder"] == "hash-test:32"
     assert st["last_sync"]["added"] == 3 and st["last_sync"]["generation"] == 1
     json.dumps(st)
+
+
+# --- relevance floor, diversity, description (calibrated "nothing relevant") ---------------
+
+async def test_off_topic_question_gets_nothing_relevant_with_real_model(
+        sample_index: Settings) -> None:
+    reg = ToolRegistry(timeout_s=10)
+    reg.register(make_search_tool(sample_index))
+    for q in ("¿qué tiempo hará mañana en Madrid?", "receta de paella valenciana"):
+        resp = await call(reg, {"query": q})
+        assert resp["results"] == [] and resp["message"].startswith("Nothing relevant"), q
+    good = await call(reg, {"query": DEMO_QUESTION})
+    assert all(0 < r["relevance"] <= 1 for r in good["results"])
+
+
+def test_passages_per_document_are_capped(tmp_path: Path) -> None:
+    big = "# Drift\n\n" + "\n\n".join(
+        f"## Part {i}\n\nData drift section {i} about drift monitoring." for i in range(8))
+    settings, emb = build_index(tmp_path, {**KB, "big.md": big})
+    vec = asyncio.run(emb.embed(["data drift monitoring"], "query"))[0]
+    for cap in (1, 2):
+        searcher = Searcher(settings.knowledge.index_dir, max_per_document=cap)
+        hits = searcher.search("data drift monitoring", vec, 4)
+        sources = [h.source for h in hits]
+        assert "drift.md" in sources and max(sources.count(s) for s in sources) <= cap
+        searcher.close()
+
+
+def test_tool_description_comes_from_config_or_index(tmp_path: Path) -> None:
+    settings, emb = build_index(tmp_path)
+    tool = make_search_tool(settings, embedder=emb)
+    assert "3 Spanish and English documents" in tool.description
+    assert "Gobernanza" in tool.description and "MLOps" not in tool.description
+    assert "translation" in tool.description and "translation" in tool.parameters["properties"]
+    settings.knowledge.description = "recetas de cocina de la abuela"
+    assert "recetas de cocina de la abuela" in make_search_tool(settings).description
+
+
+# --- clean documents ------------------------------------------------------------------------
+
+SPHINX = b"""<!DOCTYPE html><html><head><title>os \xe2\x80\x94 Python docs</title></head><body>
+<div class="related" role="navigation"><ul><li>previous | next | modules</li></ul></div>
+<div class="document"><div class="sphinxsidebar" role="navigation"><h3>Navigation</h3>
+<ul><li>Report a Bug</li><li>Show Source</li></ul></div>
+<div class="body" role="main"><section>
+<h1>os \xe2\x80\x94 Miscellaneous interfaces<a class="headerlink"
+href="#os">\xc2\xb6</a></h1>
+<p>This module provides a portable way.</p>
+<section><h2>Files and Directories<a class="headerlink" href="#f">\xc2\xb6</a></h2>
+<p>Use <code>os.remove()</code> to delete a file.</p></section></section></div></div>
+<footer>Copyright notice</footer></body></html>"""
+
+MAN = """LS(1)                         Ordenes de usuario                         LS(1)
+
+NOMBRE
+       ls - lista el contenido de un directorio
+
+DESCRIPCI\u00d3N
+       Por defecto, muestra informaci\u00f3n de los ARCHIVO del directorio actual.
+
+GNU coreutils 9.1               Septiembre de 2022                         LS(1)
+"""
+
+
+def test_html_keeps_main_content_only_and_clean_headings() -> None:
+    doc = ch.parse("library/os.html", SPHINX)
+    text = " ".join(c.heading + " " + c.text for c in doc.chunks)
+    assert doc.title == "os \u2014 Miscellaneous interfaces"
+    assert "Files and Directories" in [c.heading for c in doc.chunks]
+    for junk in ("Report a Bug", "Show Source", "Navigation", "previous", "Copyright", "\u00b6"):
+        assert junk not in text and junk not in doc.title, junk
+    assert "os.remove()" in text
+
+
+def test_man_page_and_plain_text_titles_come_from_their_structure() -> None:
+    doc = ch.parse("man1/ls.1.txt", MAN.encode())
+    assert doc.title == "ls - lista el contenido de un directorio"
+    assert [c.heading for c in doc.chunks][:2] == ["Nombre", "Descripci\u00f3n"]
+    assert all(c.lang == "es" for c in doc.chunks)
+    txt = ch.parse("notes/backup.txt", b"Backup policy\n=============\n\nKeep three copies.\n")
+    assert txt.title == "Backup policy"
+
+
+def test_symlinks_are_followed_and_cycles_reported(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    src = tmp_path / "src"
+    write_docs(src, {"a/doc.md": "# Doc\n\nalpha\n", "b.md": "# B\n\nbeta\n"})
+    (src / "a" / "loop").symlink_to(src)                 # a cycle back to the root
+    (src / "linked").symlink_to(src / "a")               # the same directory twice
+    (src / "dangling.md").symlink_to(tmp_path / "nowhere.md")
+    res = sync_and_record(settings, source=str(src), embedder=HashEmbedder())
+    assert res.added == 2 and res.exit_code == 1
+    assert any("a/loop: symlink cycle" in e for e in res.errors), res.errors
+    assert any(e.startswith("linked: directory already indexed") for e in res.errors)
+    assert any(e.startswith("dangling.md: dangling symlink") for e in res.errors)

@@ -36,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 
+from edged.config import KnowledgeSettings
 from edged.knowledge import store
 from edged.knowledge.store import IndexUnavailable
 from edged.knowledge.text import fts_query, index_terms, query_alternatives
@@ -49,10 +50,15 @@ VECTOR_CANDIDATES = 100   # Hamming KNN oversampling before exact rescoring
 class Relevance:
     """The calibrated relevance model (fitted by ``make eval``; see the module docstring)."""
 
-    bias: float = -7.7
-    weight_vector: float = 9.2
-    weight_lexical: float = 5.6
-    floor: float = 0.30
+    bias: float
+    weight_vector: float
+    weight_lexical: float
+    floor: float
+
+    @classmethod
+    def from_settings(cls, k: KnowledgeSettings) -> Relevance:
+        return cls(k.relevance_bias, k.relevance_weight_vector, k.relevance_weight_lexical,
+                   k.min_relevance)
 
     def score(self, cosine: float, lexical: float, mode: Mode = "hybrid") -> float:
         """sigmoid(bias + w·features); a single-retriever mode uses its own feature only."""
@@ -96,7 +102,7 @@ class Searcher:
     def __init__(self, index_dir: Path, *, relevance: Relevance | None = None,
                  max_per_document: int = 2, embedder_name: str | None = None) -> None:
         self.index_dir = index_dir
-        self.relevance = relevance or Relevance()
+        self.relevance = relevance or Relevance.from_settings(KnowledgeSettings())
         self.max_per_document = max_per_document
         self.embedder_name = embedder_name
         self.generation: int | None = None

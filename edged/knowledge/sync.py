@@ -318,6 +318,7 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
                     texts = [_embed_text(title, c.heading, c.text) for c in batch]
                     return runner.run(emb.embed(texts, "document"))
 
+                cp(f"parsed {row.source_id}")
                 store.replace_document(conn, row, parsed.chunks, embed)
                 result.chunks_embedded += len(parsed.chunks)
                 cp(f"embedded and written {row.source_id}")

@@ -6,9 +6,9 @@ its own language (``py3langid``, restricted to Spanish and English, on the chunk
 spoken question is too short to tell its language reliably, and may mix both («¿cómo hago un
 commit?»), so at query time every word is stemmed both ways and either stem may match.
 
-The FTS5 table holds these stems, not the raw words (``store.py``); its ``unicode61
-remove_diacritics 2`` tokenizer then folds case and accents of the stems, so «informacion»
-typed without its accent still meets «información».
+The FTS5 table holds these stems, not the raw words (``store.py``). Words are folded to
+lowercase without accents before stemming, so «informacion» typed without its accent still
+meets «información».
 
 Why the same function at both ends: :func:`index_terms` and :func:`query_alternatives` share
 :func:`words` and the stemmers, so a word is cut the same way in a chunk and in a question.
@@ -28,7 +28,7 @@ import snowballstemmer
 
 Lang = Literal["es", "en"]
 LANGS: tuple[Lang, ...] = ("es", "en")
-TEXT_VERSION = f"1:snowballstemmer-{importlib.metadata.version('snowballstemmer')}"
+TEXT_VERSION = f"2:snowballstemmer-{importlib.metadata.version('snowballstemmer')}"
 MAX_QUERY_WORDS = 12   # a spoken question rarely has more content words; bounds the OR query
 
 _WORD = re.compile(r"\w+")
@@ -57,15 +57,19 @@ def fold(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Lowercased words (accents kept: the Spanish stemmer needs them), stop words dropped."""
-    return [w for w in _WORD.findall(text.lower())
-            if fold(w) not in STOPWORDS and not (w.isdigit() and len(w) < 2)]
+    """Words folded to lowercase without accents, stop words dropped."""
+    return [w for w in _WORD.findall(fold(text))
+            if w not in STOPWORDS and not (w.isdigit() and len(w) < 2)]
 
 
 @functools.lru_cache(maxsize=200_000)
 def stem(word: str, lang: Lang) -> str:
-    """One word's stem in one language, accent-folded (cached: vocabularies repeat a lot)."""
-    return fold(_STEMMERS[lang].stemWord(word)) if word.isalpha() else fold(word)
+    """One (folded) word's stem in one language (cached: vocabularies repeat a lot).
+
+    Words are stemmed without their accents: speech recognition and hurried typing drop them,
+    and the Spanish stemmer then still agrees («auditorías» and «auditoria» -> ``auditori``).
+    """
+    return _STEMMERS[lang].stemWord(word) if word.isalpha() else word
 
 
 @functools.cache

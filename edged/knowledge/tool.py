@@ -24,7 +24,7 @@ import json
 import sqlite3
 from typing import Any
 
-from edged.config import KnowledgeSettings, Settings
+from edged.config import Settings
 from edged.knowledge import store
 from edged.knowledge.embedders import Embedder, EmbedderError, make_embedder
 from edged.knowledge.search import Relevance, Searcher, cite
@@ -86,11 +86,6 @@ def describe(settings: Settings) -> str:
         + USAGE
 
 
-def relevance_of(k: KnowledgeSettings) -> Relevance:
-    return Relevance(k.relevance_bias, k.relevance_weight_vector, k.relevance_weight_lexical,
-                     k.min_relevance)
-
-
 def answer(hits: list[Any], query: str, char_budget: int) -> dict[str, Any]:
     """The payload the model receives (the evaluation reports exactly this)."""
     if not hits:
@@ -114,7 +109,7 @@ def make_search_tool(settings: Settings, *, embedder: Embedder | None = None) ->
                     raise ToolError(f"knowledge embedder unavailable: {e}") from None
             if state["searcher"] is None:
                 state["searcher"] = Searcher(
-                    k.index_dir, relevance=relevance_of(k),
+                    k.index_dir, relevance=Relevance.from_settings(k),
                     max_per_document=k.max_passages_per_document,
                     embedder_name=state["embedder"].name)
         return state["embedder"], state["searcher"]
