@@ -24,7 +24,7 @@ $(ML_EMBEDDER): scripts/build-multilingual-embedder
 embedder: bootstrap $(EMBEDDER) $(ML_EMBEDDER)
 
 lint: bootstrap
-	$(PY) -m ruff check edged tests scripts
+	$(PY) -m ruff check edged edged_testing tests scripts
 
 # pytest exits 5 when it collected no tests: that is a broken suite, never a pass.
 test: bootstrap embedder lint

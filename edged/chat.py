@@ -21,22 +21,14 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from edged.cli import load_from_args
 from edged.config import Settings
-from edged.events import (
-    Interrupted,
-    LiveEvent,
-    ModelAudio,
-    ModelText,
-    SessionChanged,
-    Transcription,
-    TurnComplete,
-)
+from edged.device_tools import device_tools
+from edged.events import LIVE_EVENTS
+from edged.formats import REPLY_RATE, seconds, write_wav
 from edged.live import LiveConfigError, LiveSession, LiveUnavailable
-from edged.speech import write_wav
-from edged.tools import ToolRegistry, device_tools
+from edged.live.reply import LinkLost, Reply, ReplyWords, stream_reply
+from edged.tools import ToolRegistry
 
-REPLY_RATE = 24000
 REPLY_TIMEOUT_S = 120.0   # a reply that never completes (even across reconnects) ends the turn
 EXIT_WORDS = {"exit", "quit"}
 
@@ -54,27 +46,18 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, stream: TextIO) -> asyncio.Que
     return q
 
 
-async def _reply(events: asyncio.Queue[LiveEvent], out: TextIO, audio: bool) -> bytes:
-    """Print one streamed reply until TurnComplete; returns its audio (AUDIO modality)."""
-    pcm = bytearray()
-    link_lost = False
-    async with asyncio.timeout(REPLY_TIMEOUT_S):
-        while True:
-            ev = await events.get()
-            if isinstance(ev, ModelText) or (isinstance(ev, Transcription) and ev.role == "model"):
-                out.write(ev.text)
-            elif isinstance(ev, ModelAudio):
-                pcm += ev.pcm
-            elif isinstance(ev, Interrupted):
-                pcm.clear()
-            elif isinstance(ev, SessionChanged) and ev.state not in ("ready", "closed"):
-                if not link_lost:
-                    out.write(" [link lost; reconnecting, the question will be re-sent] ")
-                link_lost = True
-                pcm.clear()
-            elif isinstance(ev, TurnComplete):
-                return bytes(pcm)
-            out.flush()
+async def _reply(events: asyncio.Queue[object], out: TextIO) -> bytes:
+    """Print one streamed reply until the turn completes; returns its audio (AUDIO modality)."""
+    audio = b""
+    async for item in stream_reply(events, REPLY_TIMEOUT_S):
+        if isinstance(item, ReplyWords):
+            out.write(item.text)
+        elif isinstance(item, LinkLost):
+            out.write(" [link lost; reconnecting, the question will be re-sent] ")
+        elif isinstance(item, Reply):
+            audio = item.audio
+        out.flush()
+    return audio
 
 
 async def run_chat(settings: Settings, lines: asyncio.Queue[str | None], out: TextIO,
@@ -85,7 +68,7 @@ async def run_chat(settings: Settings, lines: asyncio.Queue[str | None], out: Te
     if audio:
         await asyncio.to_thread(wav_dir.mkdir, parents=True, exist_ok=True)
     live = LiveSession(settings, tools or ToolRegistry(settings.tools.timeout_s))
-    events = live.subscribe()
+    events = live.bus.subscribe(*LIVE_EVENTS)
     runner = asyncio.create_task(live.run())
     turn = 0
     try:
@@ -116,14 +99,14 @@ async def run_chat(settings: Settings, lines: asyncio.Queue[str | None], out: Te
                 continue
             out.write("Model> ")
             try:
-                pcm = await _reply(events, out, audio)
+                pcm = await _reply(events, out)
             except TimeoutError:
                 out.write(f"\n[no complete reply within {REPLY_TIMEOUT_S:g}s]\n")
                 continue
             if audio:
                 path = wav_dir / f"reply-{turn:03d}.wav"
                 await asyncio.to_thread(write_wav, path, pcm, REPLY_RATE)
-                out.write(f"\n  [audio {len(pcm) / 2 / REPLY_RATE:.1f}s -> {path}]")
+                out.write(f"\n  [audio {seconds(len(pcm), REPLY_RATE):.1f}s -> {path}]")
             out.write("\n")
             out.flush()
     except LiveUnavailable as e:
@@ -134,10 +117,10 @@ async def run_chat(settings: Settings, lines: asyncio.Queue[str | None], out: Te
         await runner
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """Entry point of ``edged chat`` (wired in :mod:`edged.cli`, which loads ``settings``)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    settings = load_from_args(args)
     if args.modality:
         settings = settings.model_copy(update={
             "gemini": settings.gemini.model_copy(update={"response_modality": args.modality})})

@@ -34,13 +34,13 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edged.daemon import main as daemon_main
+    from edged.daemon.run import main as daemon_main
     return daemon_main(args)
 
 
 def _chat(args: argparse.Namespace) -> int:
     from edged.chat import main as chat_main
-    return chat_main(args)
+    return chat_main(args, load_from_args(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,26 +48,33 @@ class _Section(BaseModel):
 class GeminiSettings(_Section):
     """How to reach Gemini Live, and what the assistant sounds like."""
 
-    # gemini-3.8-live: the stable Live model recommended in late 2026 (native audio only).
-    model: str = "gemini-3.8-live"
+    model: str = Field(
+        default="gemini-3.8-live",
+        description="Live model; gemini-3.8-live is the stable Live model recommended in late "
+        "2026 (native audio only)")
     api_key: SecretStr | None = Field(
         default=None, description="Prefer GEMINI_API_KEY or api_key_file; never logged."
     )
     api_key_file: Path | None = Field(
         default=None, description="File holding the key (0600), e.g. a systemd credential."
     )
-    vertex: bool = False
-    project: str | None = None
-    location: str | None = None
+    vertex: bool = Field(default=False, description="Use Vertex AI instead of AI Studio")
+    project: str | None = Field(default=None, description="Vertex AI project (with vertex)")
+    location: str | None = Field(
+        default=None, description="Vertex AI region, e.g. europe-west1 (with vertex)")
     base_url: str | None = Field(
         default=None, description="API gateway or the local simulator, e.g. https://127.0.0.1:8765"
     )
     ca_file: Path | None = Field(default=None, description="Extra CA to trust for base_url (PEM)")
-    api_version: str | None = None
-    voice: str = "Kore"
-    language: str = "es-ES"
-    system_instruction: str = DEFAULT_SYSTEM_INSTRUCTION
-    response_modality: Literal["AUDIO", "TEXT"] = "AUDIO"
+    api_version: str | None = Field(
+        default=None, description="API version path (v1beta, v1alpha); default: the SDK's")
+    voice: str = Field(default="Kore", description="Prebuilt voice of the spoken replies")
+    language: str = Field(default="es-ES", description="BCP-47 language of the spoken replies")
+    system_instruction: str = Field(
+        default=DEFAULT_SYSTEM_INSTRUCTION,
+        description="Who the assistant is and how it answers (Spanish by default)")
+    response_modality: Literal["AUDIO", "TEXT"] = Field(
+        default="AUDIO", description="AUDIO: spoken replies (the device); TEXT: text only")
 
     @model_validator(mode="after")
     def _vertex_needs_project(self) -> GeminiSettings:
@@ -86,21 +93,33 @@ class SessionSettings(_Section):
         default="local",
         description="local: our VAD sends activityStart/End; server: stream all audio (baseline)",
     )
-    resumption: bool = True
-    compression_trigger_tokens: int = Field(default=25600, ge=1000)
-    compression_target_tokens: int = Field(default=12800, ge=500)
-    backoff_base_s: float = Field(default=0.5, gt=0)
-    backoff_cap_s: float = Field(default=30.0, gt=0)
+    resumption: bool = Field(
+        default=True, description="Resume the same conversation after drops and goAways")
+    compression_trigger_tokens: int = Field(
+        default=25600, ge=1000,
+        description="Context size at which the server's sliding-window compression starts")
+    compression_target_tokens: int = Field(
+        default=12800, ge=500, description="Context size the sliding window compresses to")
+    backoff_base_s: float = Field(
+        default=0.5, gt=0, description="First reconnect delay after a transient failure")
+    backoff_cap_s: float = Field(
+        default=30.0, gt=0, description="Longest reconnect delay (full jitter below it)")
     config_error_retry_s: float = Field(
         default=300.0, gt=0, description="Retry interval after 1007/1008 (configuration errors)"
     )
-    connect_timeout_s: float = Field(default=15.0, gt=0)
-    ping_interval_s: float = Field(default=20.0, gt=0)
-    ping_timeout_s: float = Field(default=45.0, gt=0)
+    connect_timeout_s: float = Field(
+        default=15.0, gt=0, description="Connect + setupComplete must arrive within this")
+    ping_interval_s: float = Field(
+        default=20.0, gt=0, description="WebSocket ping interval on an idle link")
+    ping_timeout_s: float = Field(
+        default=45.0, gt=0,
+        description="A ping unanswered this long = dead link (Gemini's pongs can take 8-30 s)")
     stall_timeout_s: float = Field(
         default=30.0, gt=0, description="No server message this long while a reply is due = dead"
     )
-    goaway_margin_s: float = Field(default=5.0, ge=0)
+    goaway_margin_s: float = Field(
+        default=5.0, ge=0,
+        description="After a goAway, reconnect at the latest this long before timeLeft ends")
     stable_after_s: float = Field(
         default=60.0, gt=0, description="A connection this old resets the reconnect backoff")
     text_wait_s: float = Field(
@@ -116,40 +135,59 @@ class SessionSettings(_Section):
 
 
 class ToolSettings(_Section):
-    timeout_s: float = Field(default=8.0, gt=0, le=120)
+    """Tool calls the model makes (search_knowledge, ...)."""
+
+    timeout_s: float = Field(
+        default=8.0, gt=0, le=120,
+        description="A tool call not answered within this gets an error response")
 
 
 class AudioSettings(_Section):
     """ALSA devices. Capture is 16 kHz mono S16_LE, playback 24 kHz mono S16_LE (Live formats)."""
 
-    capture_device: str = "default"
-    playback_device: str = "default"
-    period_ms: Literal[10, 20, 30] = 20
+    capture_device: str = Field(
+        default="default",
+        description="ALSA capture PCM, e.g. plughw:CARD=Device,DEV=0 (16 kHz mono via plug)")
+    playback_device: str = Field(
+        default="default", description="ALSA playback PCM (24 kHz mono, plug if needed)")
+    period_ms: Literal[10, 20, 30] = Field(
+        default=20, description="Capture period: one AudioFrame per period")
     playback_buffer_ms: int = Field(
         default=80, ge=20, le=1000,
         description="ALSA playback buffer; the barge-in stop latency is at most this")
     playback_prebuffer_ms: int = Field(
         default=60, ge=0, le=1000,
         description="Reply audio held before the first write, so a slow burst doesn't underrun")
-    retry_base_s: float = Field(default=0.5, gt=0)
-    retry_cap_s: float = Field(default=30.0, gt=0)
+    retry_base_s: float = Field(
+        default=0.5, gt=0, description="First retry delay after a device failed to open")
+    retry_cap_s: float = Field(
+        default=30.0, gt=0, description="Longest retry delay for a missing device")
 
 
 class VadSettings(_Section):
     """The local speech gate (docs/voice.md): webrtcvad plus pre-roll and turn timing."""
 
-    aggressiveness: int = Field(default=2, ge=0, le=3)
+    aggressiveness: int = Field(
+        default=2, ge=0, le=3, description="webrtcvad mode: 0 lets most through, 3 is strictest")
     frame_ms: Literal[10, 20, 30] = Field(default=30, description="webrtcvad frame length")
     warmup_ms: int = Field(
         default=150, ge=0, le=2000,
         description="After (re)start: fill the pre-roll only; never a trigger, never silence")
-    preroll_ms: int = Field(default=400, ge=0, le=2000)
-    start_voiced_frames: int = Field(default=6, ge=1)
-    start_window_frames: int = Field(default=10, ge=1)
-    end_silence_ms: int = Field(default=700, ge=100)
-    min_speech_ms: int = Field(default=250, ge=0)
-    max_turn_s: float = Field(default=15.0, gt=0)
-    batch_ms: int = Field(default=60, ge=40, le=100)
+    preroll_ms: int = Field(
+        default=400, ge=0, le=2000,
+        description="Audio before the detected onset sent with the turn (no clipped syllable)")
+    start_voiced_frames: int = Field(
+        default=6, ge=1, description="Voiced frames among start_window_frames that start a turn")
+    start_window_frames: int = Field(
+        default=10, ge=1, description="Window (frames) for the start decision")
+    end_silence_ms: int = Field(
+        default=700, ge=100, description="Silence that ends a turn (the end-of-turn latency)")
+    min_speech_ms: int = Field(
+        default=250, ge=0, description="Voiced audio needed to confirm a turn (drops clicks)")
+    max_turn_s: float = Field(
+        default=15.0, gt=0, description="A turn that never pauses is cut here (usually noise)")
+    batch_ms: int = Field(
+        default=60, ge=40, le=100, description="Audio per uplink message during a turn")
 
     @model_validator(mode="after")
     def _check(self) -> VadSettings:
@@ -165,23 +203,33 @@ class EchoSettings(_Section):
         default="guard",
         description="guard: while playing, only sustained loud speech barges in; "
                     "mute: ignore the mic while playing; open: no protection")
-    bargein_min_ms: int = Field(default=400, ge=0)
-    bargein_min_dbfs: float = Field(default=-30.0, le=0)
+    bargein_min_ms: int = Field(
+        default=400, ge=0,
+        description="guard: sustained speech needed over the device's voice to barge in")
+    bargein_min_dbfs: float = Field(
+        default=-30.0, le=0,
+        description="guard: a frame counts as speech over the device's voice only this loud")
     tail_ms: int = Field(
         default=200, ge=0, le=2000,
         description="The policy still applies this long after the last sample (room echo)")
 
 
 class CameraSettings(_Section):
-    enabled: bool = False
-    width: int = Field(default=768, ge=64)
-    height: int = Field(default=768, ge=64)
-    jpeg_quality: int = Field(default=75, ge=10, le=95)
-    on_speech_start: bool = False
-    min_interval_s: float = Field(default=5.0, ge=1.0)
+    """Pi camera stills (picamera2 from apt); off unless enabled."""
+
+    enabled: bool = Field(default=False, description="Use the Pi camera")
+    width: int = Field(default=768, ge=64, description="Still width in pixels")
+    height: int = Field(default=768, ge=64, description="Still height in pixels")
+    jpeg_quality: int = Field(default=75, ge=10, le=95, description="JPEG quality of stills")
+    on_speech_start: bool = Field(
+        default=False, description="Send one still to the model when the user starts talking")
+    min_interval_s: float = Field(
+        default=5.0, ge=1.0, description="At most one still per this many seconds")
 
 
 class KnowledgeSettings(_Section):
+    """The on-device knowledge index and the search_knowledge tool (docs/knowledge.md)."""
+
     index_dir: Path = Field(default=Path("/var/lib/edged/index"),
                             description="Directory of the index generations (CURRENT pointer)")
     embedder: Literal["multilingual", "local", "gemini"] = Field(
@@ -220,10 +268,15 @@ class KnowledgeSettings(_Section):
 
 
 class SyncSettings(_Section):
+    """edged-index-sync, the nightly job that keeps the knowledge index in step with a source."""
+
     source: str = Field(
         default="", description="A directory, or an http(s) base URL with a manifest")
-    max_doc_bytes: int = Field(default=2_000_000, ge=1024)
-    state_dir: Path = Path("/var/lib/edged/sync")
+    max_doc_bytes: int = Field(
+        default=2_000_000, ge=1024, description="Larger documents are skipped (and reported)")
+    state_dir: Path = Field(
+        default=Path("/var/lib/edged/sync"),
+        description="The sync's lock-free state: last result record, HTTP validators")
     http_timeout_s: float = Field(default=30.0, gt=0, description="Per request to an http source")
     prom_textfile: Path | None = Field(
         default=None, description="node_exporter textfile for edged_index_* metrics, e.g. "
@@ -231,28 +284,42 @@ class SyncSettings(_Section):
 
 
 class ControlSettings(_Section):
-    socket_path: Path = Path("/run/edged/control.sock")
-    group: str = "edged"
-    max_request_bytes: int = Field(default=65536, ge=1024)
+    """The local control socket edgectl talks to."""
+
+    socket_path: Path = Field(
+        default=Path("/run/edged/control.sock"), description="Unix socket (mode 0660)")
+    group: str = Field(
+        default="edged", description="Group that may use the socket and change state")
+    max_request_bytes: int = Field(
+        default=65536, ge=1024, description="Longer request lines are refused")
     stop_timeout_s: float = Field(
         default=10.0, gt=0, le=120,
         description="Graceful stop budget on SIGTERM; keep below the unit's TimeoutStopSec (20s)")
 
 
 class MetricsSettings(_Section):
+    """Prometheus metrics: edgectl metrics always; a textfile or localhost HTTP if set."""
+
     textfile: Path | None = Field(
         default=None, description="node_exporter textfile collector file, e.g. .../edged.prom"
     )
     http_port: int | None = Field(default=None, ge=1, le=65535, description="off unless set")
-    http_host: str = "127.0.0.1"
+    http_host: str = Field(
+        default="127.0.0.1", description="Address the HTTP endpoint binds (localhost only)")
     textfile_interval_s: float = Field(default=15.0, ge=1.0, description="textfile rewrite period")
 
 
 class PathSettings(_Section):
-    state_dir: Path = Path("/var/lib/edged")
+    """Where the daemon keeps its own state."""
+
+    state_dir: Path = Field(
+        default=Path("/var/lib/edged"),
+        description="Daemon state (feedback log, OTA config); systemd's StateDirectory")
 
 
 class Settings(_Section):
+    """Everything edged reads from its TOML files, one section per component."""
+
     gemini: GeminiSettings = GeminiSettings()
     session: SessionSettings = SessionSettings()
     tools: ToolSettings = ToolSettings()

@@ -16,76 +16,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
-import socket
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from edged.config import ControlSettings
+from edged.control.client import ControlClient, Denied, NotRunning, RemoteError
+from edged.control.protocol import ErrorCode, Health, Status
 
 EXIT_OK, EXIT_DEGRADED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_FORBIDDEN = 0, 1, 2, 3, 4
 DEFAULT_SOCKET = ControlSettings().socket_path
-_ids = itertools.count(1)
-
-
-class NotRunning(Exception):
-    pass
-
-
-class Denied(Exception):
-    pass
-
-
-class RemoteError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def call(sock_path: Path, method: str, params: dict[str, Any] | None = None,
-         timeout: float | None = 30.0) -> Iterator[dict[str, Any]]:
-    """Send one request; yield each ``result`` (partials first, the final one last)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(sock_path))
-    except (FileNotFoundError, ConnectionRefusedError) as e:
-        s.close()
-        raise NotRunning(f"no daemon listening on {sock_path} ({e.strerror})") from None
-    except PermissionError:
-        s.close()
-        raise Denied(f"permission denied on {sock_path}: run as root or as a member of the "
-                     "socket's group (see control.group; `sudo usermod -aG edged $USER`)"
-                     ) from None
-    req_id = next(_ids)
-    with s, s.makefile("rb") as f:
-        s.sendall(json.dumps({"v": 1, "id": req_id, "method": method,
-                              "params": params or {}}).encode() + b"\n")
-        for raw in f:
-            msg = json.loads(raw)
-            if msg.get("id") not in (req_id, None):
-                continue
-            if not msg.get("ok"):
-                err = msg.get("error") or {}
-                raise RemoteError(err.get("code", "error"), err.get("message", "unknown error"))
-            yield msg.get("result")
-            if not msg.get("partial"):
-                return
-    raise NotRunning("the daemon closed the connection before answering (is it stopping?)")
-
-
-def call1(sock_path: Path, method: str, params: dict[str, Any] | None = None,
-          timeout: float | None = 30.0) -> Any:
-    result = None
-    for result in call(sock_path, method, params, timeout):  # noqa: B007 - want the last one
-        pass
-    return result
 
 
 class _Style:
@@ -133,7 +77,7 @@ def _short(text: Any, n: int = 48) -> str:
     return t if len(t) <= n else t[:n - 1] + "…"
 
 
-def format_status(st: dict[str, Any], style: _Style) -> str:
+def format_status(st: Status, style: _Style) -> str:
     health = st.get("health", "unknown")
     problems = st.get("problems") or []
     head = f"edged: {health}"
@@ -195,12 +139,16 @@ def format_status(st: dict[str, Any], style: _Style) -> str:
     return "\n".join(lines)
 
 
-def _health_exit(st: dict[str, Any]) -> int:
+def _health_exit(st: Status | Health) -> int:
     return EXIT_OK if st.get("health") == "healthy" else EXIT_DEGRADED
 
 
+def _client(a: argparse.Namespace) -> ControlClient:
+    return ControlClient(a.socket, a.timeout)
+
+
 def _cmd_status(a: argparse.Namespace) -> int:
-    st = call1(a.socket, "status", timeout=a.timeout)
+    st = _client(a).status()
     if a.json:
         print(json.dumps(st, indent=2, ensure_ascii=False))
     else:
@@ -209,7 +157,7 @@ def _cmd_status(a: argparse.Namespace) -> int:
 
 
 def _cmd_health(a: argparse.Namespace) -> int:
-    h = call1(a.socket, "health", timeout=a.timeout)
+    h = _client(a).health()
     if a.json:
         print(json.dumps(h, ensure_ascii=False))
     else:
@@ -218,33 +166,38 @@ def _cmd_health(a: argparse.Namespace) -> int:
     return _health_exit(h)
 
 
-def _cmd_simple(method: str) -> Any:
+def _cmd_reload(a: argparse.Namespace) -> int:
+    r = _client(a).reload()
+    if a.json:
+        print(json.dumps(r, ensure_ascii=False))
+    elif r.get("ok"):
+        print(f"reloaded: config {r.get('previous')} -> {r.get('version')}")
+        if r.get("restart_needed"):
+            print(f"restart needed for: {', '.join(r.get('restart_needed', []))}")
+    else:
+        print(f"reload rejected, old config kept:\n{r.get('error')}", file=sys.stderr)
+    return EXIT_OK if r.get("ok") else EXIT_DEGRADED
+
+
+def _cmd_mute(muted: bool) -> Any:
     def run(a: argparse.Namespace) -> int:
-        r = call1(a.socket, method, timeout=a.timeout)
+        now_muted = _client(a).mute(muted)
         if a.json:
-            print(json.dumps(r, ensure_ascii=False))
-        elif method == "reload":
-            if r.get("ok"):
-                print(f"reloaded: config {r.get('previous')} -> {r.get('version')}")
-                if r.get("restart_needed"):
-                    print(f"restart needed for: {', '.join(r['restart_needed'])}")
-            else:
-                print(f"reload rejected, old config kept:\n{r.get('error')}", file=sys.stderr)
+            print(json.dumps({"muted": now_muted}))
         else:
-            print(f"microphone {'muted' if r.get('muted') else 'unmuted'}")
-        return EXIT_OK if r.get("ok", True) else EXIT_DEGRADED
+            print(f"microphone {'muted' if now_muted else 'unmuted'}")
+        return EXIT_OK
     return run
 
 
 def _cmd_metrics(a: argparse.Namespace) -> int:
-    r = call1(a.socket, "metrics", timeout=a.timeout)
-    sys.stdout.write(r["text"])
+    sys.stdout.write(_client(a).metrics())
     return EXIT_OK
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
     final: dict[str, Any] = {}
-    for item in call(a.socket, "ask", {"text": " ".join(a.text)}, timeout=a.timeout):
+    for item in _client(a).ask(" ".join(a.text)):
         if a.json:
             print(json.dumps(item, ensure_ascii=False), flush=True)
             final = item
@@ -266,7 +219,7 @@ def _cmd_ask(a: argparse.Namespace) -> int:
 
 def _cmd_events(a: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        for ev in call(a.socket, "events", timeout=None):
+        for ev in _client(a).events():
             if a.json:
                 print(json.dumps(ev, ensure_ascii=False), flush=True)
             else:
@@ -276,8 +229,7 @@ def _cmd_events(a: argparse.Namespace) -> int:
 
 
 def _cmd_feedback(a: argparse.Namespace) -> int:
-    r = call1(a.socket, "feedback", {"rating": a.rating, "note": " ".join(a.note)},
-              timeout=a.timeout)
+    r = _client(a).feedback(a.rating, " ".join(a.note))
     if a.json:
         print(json.dumps(r, ensure_ascii=False))
     else:
@@ -304,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("status", _cmd_status, "health summary and details (exit 0 healthy, 1 degraded, 3 down)")
     add("health", _cmd_health, "one-line health (same exit codes as status)")
-    add("reload", _cmd_simple("reload"), "re-read the config (invalid: old one kept)")
-    add("mute", _cmd_simple("mute"), "mute the microphone")
-    add("unmute", _cmd_simple("unmute"), "unmute the microphone")
+    add("reload", _cmd_reload, "re-read the config (invalid: old one kept)")
+    add("mute", _cmd_mute(True), "mute the microphone")
+    add("unmute", _cmd_mute(False), "unmute the microphone")
     sp = add("ask", _cmd_ask, "ask a question by text; the answer streams back")
     sp.add_argument("text", nargs="+")
     add("events", _cmd_events, "stream state changes and turns (JSON lines with --json)")
@@ -329,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FORBIDDEN
     except RemoteError as e:
         print(f"edgectl: {args.command}: {e}", file=sys.stderr)
-        return EXIT_FORBIDDEN if e.code == "forbidden" else EXIT_DEGRADED
+        return EXIT_FORBIDDEN if e.code == ErrorCode.FORBIDDEN else EXIT_DEGRADED
     except TimeoutError:
         print(f"edgectl: no reply within {args.timeout:g}s (daemon busy or stalled?)",
               file=sys.stderr)

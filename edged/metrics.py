@@ -6,19 +6,21 @@
 * optionally ``/metrics`` over HTTP when ``metrics.http_port`` is set, bound to
   ``metrics.http_host`` (127.0.0.1 unless changed).
 
-Two kinds of numbers: *events* the daemon observes as they happen (turn latency, reconnects by
-close code, tool calls) are prometheus_client Counters/Histograms; *state* that components
-already keep (bytes up/down, VAD gate ratio, index generation/size, last sync) is copied into
-a snapshot by the daemon's event loop and rendered by a custom collector, so scrapes from the
-HTTP thread never call into components.
+Two kinds of numbers: *events* (turn latency, reconnects by cause, tool calls, feedback) are
+prometheus_client Counters/Histograms fed by :meth:`Metrics.on_event`, an observer on the
+daemon's event bus; *state* that components already keep (bytes up/down, VAD gate ratio, index
+generation/size, last sync) is copied into a snapshot by the daemon's event loop and rendered
+by a custom collector, so scrapes from the HTTP thread never call into components.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edged.config import MetricsSettings
+from edged.events import Event, FeedbackGiven, Reconnecting, ToolCallFinished, TurnFinished
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,10 @@ class _SnapshotCollector(Collector):
 
 
 class Metrics:
+    # the events :meth:`on_event` counts (what to observe it for)
+    EVENTS: tuple[type[Event], ...] = (TurnFinished, Reconnecting, ToolCallFinished,
+                                       FeedbackGiven)
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.snapshot = Snapshot()
@@ -116,7 +123,8 @@ class Metrics:
             ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.turns = Counter("edged_turns", "Completed turns", ["kind"], registry=self.registry)
         self.reconnects = Counter(
-            "edged_live_reconnects", "Live session reconnects, by WebSocket close code",
+            "edged_live_reconnects", "Live session reconnects, by close code (or goaway, "
+            "reconfigure, stall, network, config, error when there was none)",
             ["code"], registry=self.registry)
         self.tool_calls = Counter("edged_tool_calls", "Tool calls answered, by outcome",
                                   ["tool", "outcome"], registry=self.registry)
@@ -125,7 +133,23 @@ class Metrics:
         self.feedback = Counter("edged_feedback", "Turn ratings given with edgectl feedback",
                                 ["rating"], registry=self.registry)
         self.registry.register(_SnapshotCollector(self))
-        self._http_started = False
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._http_addr: tuple[str, int] | None = None
+
+    def on_event(self, ev: Event) -> None:
+        """Event-bus observer: count what happened."""
+        if isinstance(ev, TurnFinished):
+            kind, latency = ev.record.kind, ev.record.latency_s
+            if latency is not None:
+                self.turn_latency.labels(kind).observe(latency)
+            self.turns.labels(kind).inc()
+        elif isinstance(ev, Reconnecting):
+            self.reconnects.labels(ev.cause).inc()
+        elif isinstance(ev, ToolCallFinished):
+            self.tool_calls.labels(ev.name, "ok" if ev.ok else "error").inc()
+            self.tool_duration.labels(ev.name).observe(ev.duration_s)
+        elif isinstance(ev, FeedbackGiven):
+            self.feedback.labels(ev.rating).inc()
 
     def render(self) -> str:
         return generate_latest(self.registry).decode("utf-8")
@@ -135,13 +159,32 @@ class Metrics:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(path), self.registry)
 
-    def start_http(self, settings: MetricsSettings) -> tuple[str, int] | None:
-        """Serve ``/metrics`` if ``metrics.http_port`` is set; returns the bound address."""
-        if settings.http_port is None or self._http_started:
+    def apply_settings(self, settings: MetricsSettings) -> list[str]:
+        """Serve ``/metrics`` as ``metrics.http_port``/``http_host`` say: start, move or stop
+        the HTTP server. Raises OSError (the port is busy) with the old server already gone."""
+        want = None if settings.http_port is None else (settings.http_host, settings.http_port)
+        if want == self._http_addr:
+            return []
+        self.stop_http()
+        if want is not None:
+            server, thread = _start_http_server(want[1], addr=want[0], registry=self.registry)
+            self._http, self._http_addr = (server, thread), want
+            host, port = server.server_address[:2]
+            log.info("metrics: serving http://%s:%d/metrics", host, port)
+        return []
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics`` is served (``None``: not served)."""
+        if self._http is None:
             return None
-        server, _thread = _start_http_server(settings.http_port, addr=settings.http_host,
-                                             registry=self.registry)
-        self._http_started = True
-        host, port = server.server_address[:2]
-        log.info("metrics: serving http://%s:%d/metrics", host, port)
+        host, port = self._http[0].server_address[:2]
         return str(host), int(port)
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = self._http_addr = None

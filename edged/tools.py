@@ -1,10 +1,11 @@
 """Tool registry: function declarations for the Live setup, and safe dispatch of tool calls.
 
 The one rule that matters: every ``functionCall`` id gets exactly one ``functionResponse``. A
-missing response silences the model with no error (gemini_live.md §7), so :meth:`ToolRegistry.call`
-never raises for a tool's failure: bad arguments, an exception or a timeout all become an
-``{"error": ...}`` payload the model can read and recover from. Only cancellation
-(``toolCallCancellation``) propagates, because then the server no longer wants an answer.
+missing response silences the model with no error (docs/live-session.md), so
+:meth:`ToolRegistry.call` never raises for a tool's failure: bad arguments, an exception or a
+timeout all become an ``{"error": ...}`` payload the model can read and recover from. Only
+cancellation (``toolCallCancellation``) propagates, because then the server no longer wants an
+answer.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jsonschema
 from google.genai import types
-
-if TYPE_CHECKING:
-    from edged.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +99,3 @@ class ToolRegistry:
             log.exception("tool %s failed", name)
             return fail(f"{name} failed: {type(e).__name__}: {e}")
         return ToolOutcome(result, True, time.monotonic() - start)
-
-
-def device_tools(settings: Settings) -> ToolRegistry:
-    """The tools the device offers the model: one place for the daemon, `edged chat` and the
-    demo. Tools open their resources lazily, so a missing index is an error *answer*, not a
-    failure to start."""
-    from edged.knowledge.tool import make_search_tool  # heavy (numpy, sqlite-vec): lazily
-
-    registry = ToolRegistry(settings.tools.timeout_s)
-    registry.register(make_search_tool(settings))
-    return registry

@@ -2,7 +2,7 @@
 """Voice-loop benchmark: local VAD vs server VAD, same room, same questions, real time.
 
 The device side (VoiceLoop + LiveSession, exactly the daemon's classes) runs alone in a child
-process (``python -m edged.audio.harness``) so its CPU time and peak RSS are not mixed with the
+process (``python -m edged_testing.voice_rig``) so its CPU time and peak RSS are not mixed with the
 simulator's; this process owns the room: the Live simulator, a virtual microphone paced at
 real time (FIFO fed one 20 ms period per 20 ms) and a virtual speaker drained at real time.
 CLOCK_MONOTONIC is system-wide, so the child's turn timestamps compare with the room's.
@@ -33,10 +33,11 @@ from typing import Any
 
 import psutil
 
-from edged.audio import material as m
-from edged.audio.harness import MIC, SPEAKER, poll_until, rig_settings_data
-from edged.audio.virtual import PacedSink, PacedSource, VirtualAlsa
-from edged.sim import LiveSimulator, Reply, Rule, Scenario
+from edged.formats import REPLY_RATE, bytes_per_ms
+from edged_testing import material as m
+from edged_testing.alsa import PacedSink, PacedSource, VirtualAlsa
+from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
+from edged_testing.voice_rig import MIC, SPEAKER, poll_until, rig_settings_data
 
 QUESTIONS = [("¿Qué es la gobernanza en el contexto de MLOps?", "es"),
              ("What is a feature store?", "en-us"),
@@ -72,7 +73,7 @@ class Device:
     @classmethod
     async def start(cls, settings: dict[str, Any], env: dict[str, str]) -> Device:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edged.audio.harness", json.dumps(settings),
+            sys.executable, "-m", "edged_testing.voice_rig", json.dumps(settings),
             stdout=asyncio.subprocess.PIPE, env={**os.environ, **env})
         dev = cls(proc)
         await asyncio.wait_for(dev.ready.wait(), 30)
@@ -206,7 +207,8 @@ async def run_script(dev: Device, sim: LiveSimulator, mic: PacedSource, sink: Pa
     for _ in range(BARGE_INS):
         before = len(sink.data())
         await say(mic, clips["long"] + m.silence(800))
-        await poll_until(lambda b=before: len(sink.data()) >= b + 48000, WAIT_S)
+        await poll_until(lambda b=before: len(sink.data()) >= b + bytes_per_ms(REPLY_RATE) * 1000,
+                         WAIT_S)
         onset, _ = await say(mic, clips["stop"])
         t1 = await dev.next_turn()
         if t1.get("playback_stopped"):
@@ -222,7 +224,7 @@ def main() -> int:
     print(f"machine: {platform.node()} {platform.machine()}, "
           f"{os.cpu_count()} CPUs, python {platform.python_version()}")
     print("material: espeak-ng questions at -20 dBFS; idle room = white noise at -65 dBFS; "
-          "Live = edged.sim (replies streamed at 4x real time)")
+          "Live = edged_testing.sim (replies streamed at 4x real time)")
     clips = {f"q{i}": m.say(q, v) for i, (q, v) in enumerate(QUESTIONS)}
     clips["long"] = m.say(*LONG_Q)
     clips["stop"] = m.say(*STOP)

@@ -2,7 +2,7 @@
 """Demo section "chat": `edged chat` against the local Gemini Live simulator.
 
 Runs the real command (`python -m edged chat`, stdin piped, exactly what a user would type) twice
-against an in-process `edged.sim.LiveSimulator` speaking the real wire protocol:
+against an in-process `edged_testing.sim.LiveSimulator` speaking the real wire protocol:
 
 1. TEXT modality, three questions. The simulator drops the TCP connection (no close frame) when
    the third question arrives; the supervisor resumes the session with its handle and re-sends
@@ -22,7 +22,8 @@ import tempfile
 import wave
 from pathlib import Path
 
-from edged.sim import Drop, LiveSimulator, Rule, Scenario
+from edged.formats import REPLY_RATE, SAMPLE_BYTES
+from edged_testing.sim import Drop, LiveSimulator, Rule, Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-out" / "chat"
@@ -66,11 +67,11 @@ def check_wav(path: Path) -> float:
     if not path.exists():
         raise DemoFailed(f"{path} was not written")
     with wave.open(str(path), "rb") as w:
-        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (24000, 1, 2):
+        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (REPLY_RATE, 1, SAMPLE_BYTES):
             raise DemoFailed(f"{path}: expected 24 kHz mono 16-bit")
         if w.getnframes() == 0:
             raise DemoFailed(f"{path}: no audio")
-        return w.getnframes() / 24000
+        return w.getnframes() / REPLY_RATE
 
 
 async def main() -> None:

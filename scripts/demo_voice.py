@@ -3,14 +3,14 @@
 
 What runs is exactly what `edged run` runs - ``VoiceLoop`` (ALSA capture, webrtcvad gate,
 playback) and ``LiveSession`` (the real google-genai SDK) with the ``search_knowledge`` tool -
-and only the outside world is simulated (edged/audio/harness.py):
+and only the outside world is simulated (edged_testing/voice_rig.py):
 
 * the microphone is a virtual ALSA capture device (alsa-lib ``file`` plugin) whose input is a
   FIFO fed one period at a time at **real time** by a pacer thread (PacedSource), with
   espeak-ng speaking a Spanish and an English question into it;
 * the speaker is a virtual ALSA playback device drained at real time into a file
   (demo-out/speaker.wav is what a listener would have heard);
-* Gemini Live is edged.sim (default assistant; scripted transcripts tell it what was said).
+* Gemini Live is edged_testing.sim (default assistant; scripted transcripts tell it what was said).
 
 Part 1: the two questions, each answered with a knowledge-tool lookup. Part 2: barge-in - the
 user talks over a long answer; playback stops and the new question is answered.
@@ -31,13 +31,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edged import speech
-from edged.audio import material as m
-from edged.audio.harness import VoiceRig, voice_rig
-from edged.audio.voice import TurnRecord
-from edged.events import Interrupted, ToolCallFinished, ToolCallStarted, Transcription
-from edged.sim import Reply, Rule, Scenario
+from edged.events import Interrupted, ToolCallFinished, ToolCallStarted, Transcription, TurnRecord
+from edged.formats import CAPTURE_RATE, REPLY_RATE, seconds, write_wav
 from edged.tools import Tool
+from edged_testing import material as m
+from edged_testing.sim import Reply, Rule, Scenario
+from edged_testing.voice_rig import VoiceRig, voice_rig
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-out"
@@ -127,15 +126,16 @@ async def part(title: str, workdir: Path, scenario: Scenario, tools: list[Tool],
             narrator.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await narrator
-        speech.write_wav(wav, rig.speaker.data(), 24000)
-        print(f"  speaker: {len(rig.speaker.data()) / 48000:.1f} s written to "
+        write_wav(wav, rig.speaker.data(), REPLY_RATE)
+        print(f"  speaker: {seconds(len(rig.speaker.data()), REPLY_RATE):.1f} s written to "
               f"{wav.relative_to(ROOT)}", flush=True)
         wire = rig.wire()
         starts = sum("activityStart" in b for b in wire)
         ends = sum("activityEnd" in b for b in wire)
         up = sum(len(b["audio"]["data"]) for b in wire if "audio" in b)
-        print(f"  wire: {starts} activityStart, {ends} activityEnd, {up / 32000:.1f} s of audio "
-              f"uplinked (local VAD: silence is never sent)", flush=True)
+        print(f"  wire: {starts} activityStart, {ends} activityEnd, "
+              f"{seconds(up, CAPTURE_RATE):.1f} s of audio uplinked (local VAD: silence is never "
+              "sent)", flush=True)
         if starts != ends or starts != turns:
             raise DemoFailed(f"expected {turns} bracketed turns on the wire, saw {starts}/{ends}")
     return records
@@ -184,22 +184,23 @@ async def real() -> None:
     """Same classes, real devices and Gemini: what `edged run` does, minus the daemon."""
     from edged.audio.voice import VoiceLoop
     from edged.config import load_settings
+    from edged.device_tools import device_tools
+    from edged.events import TurnFinished
     from edged.live.session import LiveSession
-    from edged.tools import device_tools
 
     settings = load_settings()
     if settings.api_key() is None:
         raise DemoFailed("--real needs GEMINI_API_KEY (or gemini.api_key_file)")
     live = LiveSession(settings, device_tools(settings))
-    voice = VoiceLoop(settings, live, live.subscribe())
-    turns = voice.subscribe_turns()
+    voice = VoiceLoop(settings, live, live.bus)
+    turns = live.bus.subscribe(TurnFinished)
     print(f"talk now (capture {settings.audio.capture_device}, playback "
           f"{settings.audio.playback_device}); Ctrl-C to stop")
     async with asyncio.TaskGroup() as tg:
         tg.create_task(live.run())
         tg.create_task(voice.run())
         while True:
-            show(await turns.get())
+            show((await turns.get()).record)
 
 
 def main() -> int:

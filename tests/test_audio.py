@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.audio import material as m
 from edged.audio.capture import Capture
-from edged.audio.harness import poll_until
 from edged.audio.playback import BYTES_PER_MS, Playback, PlaybackEvent
-from edged.audio.virtual import VirtualAlsa
 from edged.config import AudioSettings
 from edged.events import AudioFrame
-from edged.speech import tone
+from edged_testing import material as m
+from edged_testing.alsa import VirtualAlsa
+from edged_testing.speech import tone
+from edged_testing.voice_rig import poll_until
 
 
 @pytest.fixture

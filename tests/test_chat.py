@@ -14,26 +14,12 @@ import pytest
 from test_live_session import LIVENESS_S, settings_for
 
 from edged.chat import run_chat
-from edged.sim import Drop, LiveSimulator, Rule, Scenario, Sleep
+from edged_testing.sim import Drop, LiveSimulator, Rule, Scenario, Sleep
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-def replies_sent(sim: LiveSimulator) -> list[bytes]:
-    """The reply audio the simulator sent on connection 0, one bytes object per turn."""
-    turns, current = [], bytearray()
-    for m in sim.connections[0].sent:
-        content = m.get("serverContent", {})
-        for part in content.get("modelTurn", {}).get("parts", []):
-            if "inlineData" in part:
-                current += part["inlineData"]["data"]
-        if content.get("turnComplete"):
-            turns.append(bytes(current))
-            current.clear()
-    return turns
 
 
 async def test_text_chat_keeps_the_conversation_across_a_drop_between_turns(
@@ -72,7 +58,7 @@ async def test_audio_chat_writes_each_reply_as_24k_wav_and_prints_the_transcript
     assert rc == 0
     text = out.getvalue()
     assert "Has dicho: «Hola, soy Ana»" in text and "Te llamas Ana" in text
-    sent_turns = replies_sent(sim)
+    sent_turns = sim.reply_audio()
     assert len(sent_turns) == 2
     for n, sent in enumerate(sent_turns, 1):
         with wave.open(str(tmp_path / f"reply-{n:03d}.wav"), "rb") as w:

@@ -70,3 +70,26 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "config" / "edged.example.toml"
     s = load_settings(example, example.with_name("absent.toml"), env={})
     assert s.gemini.language == "es-ES"
+
+
+def test_every_setting_says_what_it_is_for() -> None:
+    """`edged check-config` and the docs rely on it: each key has a description, each section
+    a docstring."""
+    from pydantic import BaseModel
+
+    from edged.config import Settings
+
+    missing: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        if not (model.__doc__ or "").strip():
+            missing.append(f"{prefix or 'Settings'} (section docstring)")
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            elif not (f.description or "").strip():
+                missing.append(prefix + name)
+
+    walk(Settings, "")
+    assert missing == []

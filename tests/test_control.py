@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from edged.config import ControlSettings
-from edged.control import (
-    ControlError,
+from edged.control.protocol import ControlError
+from edged.control.server import (
     ControlServer,
     Final,
     Method,

@@ -7,22 +7,25 @@ One daemon process per test carries several checks, because starting one costs s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edged.audio.virtual import VirtualAlsa
-from edged.sim import LiveSimulator, Reply, Rule, Scenario
+from edged_testing.alsa import VirtualAlsa
+from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "AIzaSy-test-SECRET-0123456789abcdef"
@@ -34,20 +37,42 @@ Para silenciarlo use `edgectl mute`.
 """
 
 
-@dataclass
 class Notifications:
-    """Every datagram the daemon sent to NOTIFY_SOCKET, with its arrival time."""
+    """Every datagram the daemon sent to NOTIFY_SOCKET, with its arrival time.
 
-    sock: socket.socket
-    items: list[tuple[float, str]] = field(default_factory=list)
+    A thread reads the socket all the time, as systemd does, so the daemon never finds it
+    full; ``items`` is appended to by that thread only.
+    """
 
-    def drain(self) -> None:
-        while True:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.items: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self.sock.settimeout(0.1)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096)
-            except BlockingIOError:
+            except TimeoutError:
+                continue
+            except OSError:
                 return
             self.items.append((time.monotonic(), data.decode()))
+
+    def close(self) -> None:
+        """Stop reading, keeping what is still queued (the last STOPPING=1)."""
+        if self.sock.fileno() < 0:
+            return
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.items.append((time.monotonic(), self.sock.recv(4096).decode()))
+        self.sock.close()
 
     def lines(self) -> list[str]:
         return [line for _, msg in self.items for line in msg.splitlines()]
@@ -57,7 +82,6 @@ class Notifications:
         """Index (into items) of the first message after ``after`` matching ``pred``."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
-            self.drain()
             for i in range(after, len(self.items)):
                 if pred(self.items[i][1]):
                     return i
@@ -154,7 +178,6 @@ async def start_daemon(tmp: Path, sim: LiveSimulator, index_dirs: Path,
     write_config(cfg, tmp, sim, **overrides)
     nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     nsock.bind(str(tmp / "notify.sock"))
-    nsock.setblocking(False)
     env = {k: v for k, v in os.environ.items()
            if k not in ("JOURNAL_STREAM", "INVOCATION_ID", "GEMINI_API_KEY", "WATCHDOG_PID")}
     env.update(alsa.env(), NOTIFY_SOCKET=str(tmp / "notify.sock"),
@@ -180,9 +203,7 @@ async def stop(d: Daemon, alsa: VirtualAlsa) -> int:
             d.proc.kill()
             await d.proc.wait()
         alsa.close()
-        if d.notify.sock.fileno() >= 0:
-            d.notify.drain()
-            d.notify.sock.close()
+        d.notify.close()
 
 
 async def control_call(path: Path, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +291,6 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
         i = await n.wait_for(lambda m: "STATUS=debug: stalling" in m, after=mark)
         assert (await stall)["ok"] is True
         after = await n.wait_for(_is("WATCHDOG=1"), after=i + 1)
-        n.drain()
         stall_gap = n.items[after][0] - n.items[i][0]
         assert not any("WATCHDOG=1" in m for _, m in n.items[i + 1:after])
         assert stall_gap >= 1.4, f"watchdog resumed {stall_gap:.2f}s into a 1.5 s stall"
@@ -304,6 +324,36 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
         assert res["ok"] is True and res["previous"] == version and res["version"] != version
         st = await d.status()
         assert st["health"] == "healthy" and st["audio"]["vad"]["aggressiveness"] == 3
+
+        # A reload that cannot be applied in full (the metrics port is taken) still ends with
+        # READY=1, says which part failed, and applies the rest.
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            d.config.write_text(good_cfg.replace("[metrics]\n", f"[metrics]\nhttp_port = {taken}\n")
+                                + "\n[vad]\naggressiveness = 1\n")
+            mark = len(n.items)
+            rc, out, err = await d.edgectl("--json", "reload")
+            rl = await n.wait_for(_is("RELOADING=1"), after=mark)
+            await n.wait_for(_is("READY=1"), after=rl)
+        res = json.loads(out)
+        assert rc == 1 and res["ok"] is False and res["error"].startswith("metrics: ")
+        st = await d.status()
+        assert st["audio"]["vad"]["aggressiveness"] == 1            # the rest was applied
+        assert st["components"]["metrics"]["state"] == "degraded"
+        assert st["config"]["last_reload"]["error"] == res["error"]
+        # ... and a changed port is served once it is free.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        d.config.write_text(d.config.read_text().replace(f"http_port = {taken}",
+                                                         f"http_port = {free}"))
+        rc, out, err = await d.edgectl("--json", "reload")
+        assert rc == 0 and json.loads(out)["ok"] is True, out + err
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{free}/metrics", timeout=10).read())
+        assert b"edged_healthy" in body
 
         mark = len(n.items)
         rc = await stop(d, alsa)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -135,3 +136,54 @@ def test_notifier_sends_to_notify_socket_and_is_a_noop_without(
     assert got[1] == "STATUS=degraded"
     assert got[2].startswith("RELOADING=1\nMONOTONIC_USEC=")
     assert got[3] == "STOPPING=1\nSTATUS=stopping"
+
+
+def test_notifier_never_blocks_on_a_full_socket_and_sends_the_rest_later(
+        tmp_path: Path) -> None:
+    """systemd busy (nobody reads NOTIFY_SOCKET): the daemon's calls return, the queue keeps
+    order, and of the STATUS= lines queued meanwhile only the newest is sent."""
+    path = tmp_path / "n.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.bind(str(path))
+        n = Notifier({"NOTIFY_SOCKET": str(path)})
+        done = threading.Event()
+
+        def flood() -> None:
+            n.ready("ready")
+            for i in range(2000):           # far more than the socket can queue
+                n.watchdog()
+                n.status(f"status {i}")
+            done.set()
+
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        assert done.wait(30), "a notify call blocked on the full socket"
+        assert n.deferred > 0
+        s.settimeout(0.2)
+        got: list[str] = []
+        for _ in range(200):                 # drain, letting the notifier catch up
+            try:
+                while True:
+                    got.append(s.recv(4096).decode())
+            except TimeoutError:
+                pass
+            n.flush()
+            if got and got[-1] == "STATUS=status 1999":
+                break
+        n.close()
+    assert got[0] == "READY=1\nSTATUS=ready"
+    statuses = [m for m in got if m.startswith("STATUS=")]
+    assert statuses[-1] == "STATUS=status 1999"
+    assert len(statuses) < 1000              # the stale ones were replaced while queued
+
+
+def test_notifier_abstract_socket_address() -> None:
+    name = f"edged-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        n = Notifier({"NOTIFY_SOCKET": "@" + name})
+        n.watchdog()
+        s.settimeout(5)
+        assert s.recv(100) == b"WATCHDOG=1"
+        n.close()

@@ -13,7 +13,8 @@ import pytest
 
 from edged import edgectl
 from edged.config import ControlSettings
-from edged.control import ControlError, ControlServer, Final, Method, Peer
+from edged.control.protocol import ControlError
+from edged.control.server import ControlServer, Final, Method, Peer
 
 DEGRADED = {
     "schema_version": 1, "health": "degraded",

@@ -33,8 +33,8 @@ from edged.knowledge.store import FTS_TOKENIZER
 from edged.knowledge.sync import run_sync, sync_and_record
 from edged.knowledge.text import fts_query, index_terms, query_alternatives
 from edged.knowledge.tool import make_search_tool
-from edged.sim import LiveSimulator
 from edged.tools import ToolRegistry
+from edged_testing.sim import LiveSimulator
 
 DEMO_QUESTION = "¿Qué es la gobernanza en el contexto de MLOps?"
 

@@ -1,4 +1,4 @@
-"""The Live session supervisor with the real google-genai SDK against edged.sim.
+"""The Live session supervisor with the real google-genai SDK against edged_testing.sim.
 
 One test per behaviour; assertions are on the wire (what the simulator recorded) and on the
 events/status the supervisor publishes. Time bounds are liveness bounds, except the stall test,
@@ -26,7 +26,8 @@ from edged.events import (
     TurnComplete,
 )
 from edged.live import LiveConfigError, LiveSession
-from edged.sim import (
+from edged.tools import Tool, ToolRegistry
+from edged_testing.sim import (
     CancelToolCalls,
     Close,
     Drop,
@@ -39,7 +40,6 @@ from edged.sim import (
     Stall,
     ToolCall,
 )
-from edged.tools import Tool, ToolRegistry
 
 LIVENESS_S = 15.0     # generous bound for "it happens at all"; never a performance claim
 ANY_ARGS = {"type": "object"}
@@ -138,7 +138,7 @@ async def test_setup_carries_vad_resumption_compression_transcriptions_voice(
 async def test_abrupt_drop_between_turns_resumes_with_handle_and_keeps_context() -> None:
     scenario = Scenario(rules=[Rule(on="ready", connection=0, actions=[Sleep(1.0), Drop()])])
     async with LiveSimulator(scenario) as sim, running(settings_for(sim)) as live:
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         assert "que recuerdo: 0." in await ask(live, q, "Me llamo Ana")
         await sim.wait_for(lambda s: len(s.connections) == 2, LIVENESS_S)
@@ -154,7 +154,7 @@ async def test_abrupt_drop_between_turns_resumes_with_handle_and_keeps_context()
 async def test_drop_during_a_turn_resends_the_question_on_the_resumed_session() -> None:
     scenario = Scenario(rules=[Rule(on="turn", connection=0, turn=2, actions=[Drop()])])
     async with LiveSimulator(scenario) as sim, running(settings_for(sim)) as live:
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         await ask(live, q, "Me llamo Ana")
         reply = await ask(live, q, "¿Sigues ahí?")
@@ -167,11 +167,11 @@ async def test_drop_during_a_turn_resends_the_question_on_the_resumed_session() 
 
 async def test_refused_handle_starts_a_fresh_session_seeded_with_text_history() -> None:
     async with LiveSimulator() as sim, running(settings_for(sim)) as live:
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         await ask(live, q, "Me llamo Ana")
         sim.expire_handles()     # the server forgot every handle (as after 2 h)
-        live.update_settings(settings_for(sim, gemini={"voice": "Puck"}))  # force reconnect
+        live.apply_settings(settings_for(sim, gemini={"voice": "Puck"}))  # force reconnect
         await sim.wait_for(lambda s: len(s.connections) == 3, LIVENESS_S)
         reply = await ask(live, q, "¿Cómo me llamo?")
     assert sim.connections[1].close_code == 1008           # refused resumption
@@ -186,7 +186,7 @@ async def test_clean_1000_close_reconnects_quietly(caplog: pytest.LogCaptureFixt
     scenario = Scenario(rules=[Rule(on="turn", connection=0, turn=2,
                                     actions=[Close(1000, "session over")])])
     async with LiveSimulator(scenario) as sim, running(settings_for(sim)) as live:
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         await ask(live, q, "Me llamo Ana")
         reply = await ask(live, q, "¿Cómo me llamo?")
@@ -225,7 +225,7 @@ async def test_goaway_during_a_reply_lets_the_turn_finish_then_reconnects() -> N
         GoAway(time_left=time_left), Reply("una respuesta en varias partes", parts=6)])])
     async with LiveSimulator(scenario) as sim, running(
             settings_for(sim, session={"goaway_margin_s": 1.0})) as live:
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         reply = await ask(live, q, "hola")
         turn_done = time.time()
@@ -253,7 +253,7 @@ async def test_tool_exception_and_timeout_answer_with_error_payloads_and_the_rig
         LiveSimulator(scenario) as sim,
         running(settings_for(sim), registry(0.3, boom=boom, slow=slow)) as live,
     ):
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         await live.send_text("hola")
         events = await until(q, TurnComplete)
@@ -290,7 +290,7 @@ async def test_tool_call_cancellation_cancels_the_task_and_sends_no_response() -
         LiveSimulator(scenario) as sim,
         running(settings_for(sim), registry(5.0, waits=waits)) as live,
     ):
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         await live.send_text("busca algo")
         events = await until(q, TurnComplete)
@@ -326,7 +326,7 @@ async def test_1008_on_setup_is_a_config_error_retried_slowly_then_fixed_by_relo
             retries = len(sim.connections) - n0
             # about window / retry_s retries; a transient-error backoff (0.01 s) would be dozens
             assert 1 <= retries <= window / retry_s + 2
-            live.update_settings(settings_for(sim, session={"config_error_retry_s": 300}))
+            live.apply_settings(settings_for(sim, session={"config_error_retry_s": 300}))
             await live.wait_ready(LIVENESS_S)              # a reload retries at once
             assert live.status()["state"] == "ready"
     assert all(c.close_code == 1008 for c in sim.connections[:-1])
@@ -339,7 +339,7 @@ async def test_stalled_socket_is_detected_within_the_documented_bound() -> None:
         LiveSimulator(scenario) as sim,
         running(settings_for(sim, session={"stall_timeout_s": stall_s})) as live,
     ):
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.wait_ready(LIVENESS_S)
         sent = time.monotonic()
         await live.send_text("¿hola?")
@@ -361,7 +361,7 @@ async def test_sends_while_disconnected_drop_audio_and_text_waits_for_reconnect(
         LiveSimulator(scenario) as sim,
         running(settings_for(sim, session={"turn_detection": "server"})) as live,
     ):
-        q = live.subscribe()
+        q = live.bus.subscribe()
         await live.send_audio(b"\x00\x00" * 160)       # not connected yet: dropped
         reply = await ask(live, q, "hola")               # waits for the connection
         await live.send_audio(b"\x00\x00" * 160)

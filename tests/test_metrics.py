@@ -67,11 +67,12 @@ def test_textfile_is_written_atomically(tmp_path: Path) -> None:
 
 def test_http_off_by_default_and_localhost_when_set() -> None:
     m = _filled()
-    assert m.start_http(MetricsSettings()) is None
+    m.apply_settings(MetricsSettings())
+    assert m.http_address is None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    addr = m.start_http(MetricsSettings(http_port=port))
-    assert addr == ("127.0.0.1", port)
+    m.apply_settings(MetricsSettings(http_port=port))
+    assert m.http_address == ("127.0.0.1", port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
     assert b'edged_live_bytes_total{direction="up"} 1000.0' in body

@@ -14,7 +14,7 @@ from google.genai import errors, types
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from edged.sim import (
+from edged_testing.sim import (
     Close,
     Drop,
     GoAway,
@@ -411,7 +411,7 @@ async def test_parallel_tool_calls_need_every_response(sim: LiveSimulator) -> No
 
 def test_certificates_are_reused_while_valid(tmp_path: Any) -> None:
     """A second simulator start reuses the CA (clients keep trusting it) instead of crashing."""
-    from edged.sim import wire
+    from edged_testing.sim import wire
 
     first = wire.ensure_certs(tmp_path)
     pem = first[0].read_bytes()

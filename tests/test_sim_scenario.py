@@ -15,7 +15,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from edged.sim import (
+from edged_testing.sim import (
     CancelToolCalls,
     Close,
     LiveSimulator,
@@ -189,7 +189,8 @@ async def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     scenario = tmp_path / "s.toml"
     scenario.write_text('[[rules]]\nactions = [{do = "reply", text = "desde el CLI"}]\n')
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edged.sim", "--port", "0", "--cert-dir", str(tmp_path / "certs"),
+        sys.executable, "-m", "edged_testing.sim", "--port", "0", "--cert-dir",
+        str(tmp_path / "certs"),
         "--scenario", str(scenario), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"})
     try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edged.audio import material as m
 from edged.audio.vad import VadGate, dbfs
 from edged.config import EchoSettings, VadSettings
 from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
+from edged_testing import material as m
 
 PERIOD = 640   # 20 ms capture periods
 

@@ -23,13 +23,15 @@ from typing import Any
 
 import alsaaudio
 
-from edged.audio.device import Backoff, DeviceHealth, keep_open
+from edged.audio.device import DeviceHealth, keep_open
+from edged.backoff import Backoff
 from edged.config import AudioSettings
 from edged.events import AudioFrame
+from edged.formats import CAPTURE_RATE, bytes_per_ms
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
+RATE = CAPTURE_RATE
 STABLE_S = 5.0          # this long without errors resets the backoff
 QUEUE_FRAMES = 100      # 2 s at 20 ms periods
 
@@ -52,7 +54,7 @@ class Capture:
 
     @property
     def period_bytes(self) -> int:
-        return RATE * self.settings.period_ms // 1000 * 2
+        return bytes_per_ms(RATE) * self.settings.period_ms
 
     async def run(self) -> None:
         """Capture until cancelled; device errors are retried inside, never raised."""
@@ -67,7 +69,7 @@ class Capture:
             self._stop.set()
             # The thread finishes its current read (one period) and closes the PCM itself.
             await asyncio.shield(asyncio.to_thread(thread.join, 5.0))
-            self.health.state = "stopped"
+            self.health.set_state("stopped")
 
     async def frames(self) -> AsyncIterator[AudioFrame]:
         while True:

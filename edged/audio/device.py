@@ -3,20 +3,22 @@
 A sound device that fails to open, vanishes (USB unplugged) or errors mid-stream must never
 turn into a crash loop or a log flood: the owner thread logs once per failure, shows the error
 in its status, waits ``retry_base_s * 2**n`` (capped at ``retry_cap_s``, with jitter) and tries
-again. A device that has been working for a while resets the delay.
+again (:class:`edged.backoff.Backoff`). A device that has been working for a while resets the
+delay.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import alsaaudio
+
+from edged.backoff import Backoff
 
 DeviceState = Literal["stopped", "opening", "running", "retrying"]
 
@@ -34,7 +36,19 @@ class DeviceHealth:
     xruns: int = 0             # overruns (capture) or underruns (playback)
     frames: int = 0
     retry_in_s: float | None = None
+    # Called (from the device thread) after every change of state or error; the voice loop
+    # turns it into a DeviceChanged event, so status and health need no polling.
+    listener: Callable[[DeviceHealth], None] | None = field(default=None, repr=False)
     _opened_once: bool = field(default=False, repr=False)
+
+    def set_state(self, state: DeviceState) -> None:
+        if state != self.state:
+            self.state = state
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.listener is not None:
+            self.listener(self)
 
     def failed(self, log: logging.Logger, what: str, err: Exception) -> None:
         """Record a failure and log it: WARNING when it differs from the last one, DEBUG when
@@ -45,15 +59,19 @@ class DeviceHealth:
             log.warning("%s (retrying with backoff)", msg)
         else:
             log.debug("%s (again)", msg)
+        changed = msg != self.error
         self.error = self.last_error = msg
+        if changed:
+            self._changed()
 
     def opened(self) -> None:
         if self._opened_once:
             self.reopens += 1
         self._opened_once = True
-        self.state = "running"
         self.error = None
         self.retry_in_s = None
+        self.state = "running"
+        self._changed()
 
     def as_dict(self) -> dict[str, Any]:
         return {"device": self.device, "state": self.state, "error": self.error,
@@ -62,28 +80,12 @@ class DeviceHealth:
                 "retry_in_s": self.retry_in_s}
 
 
-class Backoff:
-    """Exponential backoff with +-20 % jitter; ``reset()`` after a stable period."""
-
-    def __init__(self, base_s: float, cap_s: float) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap_s, self.base_s * 2 ** self.attempt)
-        self.attempt += 1
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    def wait(self, stop: threading.Event, health: DeviceHealth) -> bool:
-        """Sleep the next delay unless ``stop`` is set first; True means "go on retrying"."""
-        delay = self.next_delay()
-        health.state = "retrying"
-        health.retry_in_s = round(delay, 2)
-        return not stop.wait(delay)
+def wait_retry(backoff: Backoff, stop: threading.Event, health: DeviceHealth) -> bool:
+    """Sleep the next backoff delay unless ``stop`` is set first; True means "retry"."""
+    delay = backoff.next_delay()
+    health.set_state("retrying")
+    health.retry_in_s = round(delay, 2)
+    return not stop.wait(delay)
 
 
 def keep_open(role: str, stop: threading.Event, health: DeviceHealth, backoff: Backoff,
@@ -93,12 +95,12 @@ def keep_open(role: str, stop: threading.Event, health: DeviceHealth, backoff: B
     """The recovery loop capture and playback threads both run until ``stop``: open the
     device, ``serve`` it until it fails, close it, back off, open it again."""
     while not stop.is_set():
-        health.state = "opening"
+        health.set_state("opening")
         try:
             pcm = open_pcm()
         except alsaaudio.ALSAAudioError as e:
             health.failed(log, f"cannot open {role} device", e)
-            if not backoff.wait(stop, health):
+            if not wait_retry(backoff, stop, health):
                 break
             continue
         health.opened()
@@ -111,6 +113,6 @@ def keep_open(role: str, stop: threading.Event, health: DeviceHealth, backoff: B
         finally:
             with contextlib.suppress(alsaaudio.ALSAAudioError):
                 pcm.close()
-        if not stop.is_set() and not backoff.wait(stop, health):
+        if not stop.is_set() and not wait_retry(backoff, stop, health):
             break
-    health.state = "stopped"
+    health.set_state("stopped")

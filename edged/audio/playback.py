@@ -26,15 +26,17 @@ from typing import Any, Literal
 
 import alsaaudio
 
-from edged.audio.device import Backoff, DeviceHealth, keep_open
+from edged.audio.device import DeviceHealth, keep_open
+from edged.backoff import Backoff
 from edged.config import AudioSettings
+from edged.formats import REPLY_RATE, bytes_per_ms
 
 log = logging.getLogger(__name__)
 
-RATE = 24000
+RATE = REPLY_RATE
 PERIOD_MS = 10
-PERIOD_BYTES = RATE * PERIOD_MS // 1000 * 2
-BYTES_PER_MS = RATE * 2 // 1000
+BYTES_PER_MS = bytes_per_ms(RATE)
+PERIOD_BYTES = PERIOD_MS * BYTES_PER_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,7 @@ class Playback:
             with self._cond:
                 self._cond.notify()
             await asyncio.shield(asyncio.to_thread(thread.join, 5.0))
-            self.health.state = "stopped"
+            self.health.set_state("stopped")
 
     def status(self) -> dict[str, Any]:
         d = self.health.as_dict()

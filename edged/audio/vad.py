@@ -8,7 +8,7 @@ unit-testable on synthetic audio. One :meth:`VadGate.feed` call per capture fram
 live audio, each ``batch_ms`` long) -> ``SpeechEnded`` (silence or maximum turn length; t = the
 estimated end of speech, i.e. ``end_silence_ms`` before the decision).
 
-Decisions, in order (reference/satellites.md §4):
+Decisions, in order (docs/voice.md says why each is there):
 
 * webrtcvad only accepts 10/20/30 ms frames, so capture periods are re-chunked to ``frame_ms``.
 * A continuous ring keeps the last ``preroll_ms`` + trigger window of audio; right after
@@ -21,7 +21,7 @@ Decisions, in order (reference/satellites.md §4):
 * End: ``end_silence_ms`` of consecutive unvoiced frames. ``max_turn_s`` cuts a turn that
   never pauses (usually noise); the gate then stays deaf until a real pause.
 * Warm-up: the first ``warmup_ms`` after a (re)start only fill the pre-roll ring. They never
-  trigger a turn and never count as silence (HA core#181747: warm-up as silence ends turns).
+  trigger a turn and never count as silence (counted as silence, it would end turns at once).
 * Echo (while the device itself is speaking, :class:`EchoSettings`): ``guard`` counts a frame
   as voiced only if it is also at least ``bargein_min_dbfs`` loud and needs ``bargein_min_ms``
   of such speech before the turn (= a barge-in) is confirmed; ``mute`` ignores the microphone;
@@ -41,9 +41,10 @@ import webrtcvad
 
 from edged.config import EchoSettings, VadSettings
 from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
+from edged.formats import CAPTURE_RATE, bytes_per_ms
 
-RATE = 16000
-BYTES_PER_MS = RATE * 2 // 1000
+RATE = CAPTURE_RATE
+BYTES_PER_MS = bytes_per_ms(RATE)
 GateState = Literal["warmup", "idle", "pending", "speaking", "cooldown"]
 
 
@@ -142,7 +143,7 @@ class VadGate:
         for i in range(n):
             # frame.t is when the read returned (the end of this period); times of earlier
             # samples are counted back from it, so no drift accumulates across periods.
-            t = frame.t - (len(data) - i * fb) / (2 * RATE)
+            t = frame.t - (len(data) - i * fb) / BYTES_PER_MS / 1000
             events += self._step(data[i * fb:(i + 1) * fb], t, playing)
         self._rest = data[n * fb:]
         return events

@@ -16,29 +16,31 @@ flushed at once, and reply audio still in flight from the old answer is discarde
 new turn's ``activityEnd`` is sent. Server mode (the baseline) streams every frame and leaves
 turn-taking and interruptions to the server; the gate then only timestamps turns.
 
-Every turn gets a :class:`TurnRecord` with monotonic timestamps; the finished record is logged
-as one INFO line with its latencies, kept in a deque for status and pushed to subscribers.
+Every turn gets a :class:`~edged.events.TurnRecord` with monotonic timestamps; the finished
+record is logged as one INFO line with its latencies, kept in a deque for status and published
+as :class:`~edged.events.TurnFinished`. State changes are published as
+:class:`~edged.events.VoiceStateChanged` (what an LED ring shows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import functools
 import logging
-import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from edged.audio.capture import Capture
+from edged.audio.device import DeviceHealth
 from edged.audio.playback import Playback, PlaybackEvent
 from edged.audio.vad import VadGate
 from edged.config import Settings
 from edged.events import (
+    DeviceChanged,
+    EventBus,
     GenerationComplete,
     Interrupted,
-    LiveEvent,
     LiveLink,
     ModelAudio,
     SessionChanged,
@@ -49,71 +51,31 @@ from edged.events import (
     ToolCallStarted,
     Transcription,
     TurnComplete,
+    TurnFinished,
+    TurnRecord,
+    VoiceState,
+    VoiceStateChanged,
     now,
+    reply_chunk,
 )
+from edged.formats import CAPTURE_RATE, bytes_per_ms
 
 log = logging.getLogger(__name__)
 
-VoiceState = Literal["idle", "listening", "thinking", "speaking", "interrupted"]
 RECENT_TURNS = 20
-_ids = itertools.count(1)
-
-
-def _ms(a: float | None, b: float | None) -> int | None:
-    return None if a is None or b is None else round((b - a) * 1000)
-
-
-@dataclass(slots=True)
-class TurnRecord:
-    """One user turn and the reply to it; times are ``edged.events.now()`` (monotonic)."""
-
-    id: int = field(default_factory=lambda: next(_ids))
-    mode: Literal["local", "server"] = "local"
-    wall_time: float = field(default_factory=time.time)
-    speech_start: float | None = None
-    speech_end: float | None = None
-    end_reason: str | None = None
-    activity_end_sent: float | None = None
-    first_reply_audio: float | None = None
-    first_audio_written: float | None = None
-    playback_end: float | None = None
-    interrupted: Literal["server", "barge_in"] | None = None
-    interrupted_at: float | None = None
-    playback_stopped: float | None = None
-    uplinked_bytes: int = 0
-    reply_bytes: int = 0
-    user_text: str = ""
-    model_text: str = ""
-    tools: list[str] = field(default_factory=list)
-    outcome: str = "open"
-
-    def latencies(self) -> dict[str, int | None]:
-        """Milliseconds between the stages; ``None`` where a stage did not happen."""
-        return {
-            "end_to_activity_end_ms": _ms(self.speech_end, self.activity_end_sent),
-            "end_to_first_reply_ms": _ms(self.speech_end, self.first_reply_audio),
-            "reply_to_speaker_ms": _ms(self.first_reply_audio, self.first_audio_written),
-            "end_to_speaker_ms": _ms(self.speech_end, self.first_audio_written),
-            "interrupt_to_stop_ms": _ms(self.interrupted_at, self.playback_stopped),
-            "speech_ms": _ms(self.speech_start, self.speech_end),
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "mode": self.mode, "wall_time": round(self.wall_time, 3),
-                "outcome": self.outcome, "end_reason": self.end_reason,
-                "interrupted": self.interrupted, "uplinked_bytes": self.uplinked_bytes,
-                "reply_bytes": self.reply_bytes, "user_text": self.user_text,
-                "model_text": self.model_text, "tools": list(self.tools), **self.latencies()}
+# What the voice loop consumes from the Live session.
+_LIVE_INPUT = (ModelAudio, Interrupted, TurnComplete, GenerationComplete, Transcription,
+               ToolCallStarted, SessionChanged)
 
 
 class VoiceLoop:
     """Capture, gate, uplink, playback and turn bookkeeping for one Live session."""
 
-    def __init__(self, settings: Settings, live: LiveLink,
-                 live_events: asyncio.Queue[LiveEvent]) -> None:
+    def __init__(self, settings: Settings, live: LiveLink, bus: EventBus) -> None:
         self.settings = settings
         self.live = live
-        self.live_events = live_events
+        self.bus = bus
+        self.live_events = bus.subscribe(*_LIVE_INPUT)
         self.mode = settings.session.turn_detection
         self.capture = Capture(settings.audio)
         self.playback = Playback(settings.audio)
@@ -128,7 +90,6 @@ class VoiceLoop:
         self._last_played = 0.0
         self._outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._stream = bytearray()
-        self._subscribers: list[asyncio.Queue[TurnRecord]] = []
         self.send_errors = 0
 
     # --- public API -------------------------------------------------------------------------
@@ -138,6 +99,10 @@ class VoiceLoop:
         log.info("voice: %s turn detection, echo policy %s, capture %s, playback %s",
                  self.mode, self.settings.echo.policy, self.settings.audio.capture_device,
                  self.settings.audio.playback_device)
+        loop = asyncio.get_running_loop()
+        self.capture.health.listener = functools.partial(self._device_changed, loop, "capture")
+        self.playback.health.listener = functools.partial(self._device_changed, loop,
+                                                          "playback")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.capture.run(), name="voice-capture")
             tg.create_task(self.playback.run(), name="voice-playback")
@@ -146,6 +111,13 @@ class VoiceLoop:
             tg.create_task(self._downlink(), name="voice-downlink")
             tg.create_task(self._playback_events(), name="voice-playback-events")
             tg.create_task(self._reply_watchdog(), name="voice-reply-watchdog")
+
+    def _device_changed(self, loop: asyncio.AbstractEventLoop, role: str,
+                        h: DeviceHealth) -> None:
+        """DeviceHealth listener; runs in the device's thread, publishes on the loop."""
+        ev = DeviceChanged(role, h.device, h.state, h.error)  # type: ignore[arg-type]
+        with contextlib.suppress(RuntimeError):     # the loop is closing: nobody listens
+            loop.call_soon_threadsafe(self.bus.publish, ev)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -181,14 +153,9 @@ class VoiceLoop:
         self.gate.reset()
         log.info("voice: unmuted")
 
-    def subscribe_turns(self) -> asyncio.Queue[TurnRecord]:
-        """A queue that receives every finished :class:`TurnRecord` (bounded; drops if full)."""
-        q: asyncio.Queue[TurnRecord] = asyncio.Queue(maxsize=100)
-        self._subscribers.append(q)
-        return q
-
-    def apply_settings(self, settings: Settings) -> None:
-        """Live-apply VAD and echo settings; device and turn-mode changes need a restart."""
+    def apply_settings(self, settings: Settings) -> list[str]:
+        """Live-apply VAD and echo settings; returns the keys (devices, turn mode) that take
+        effect only after a restart."""
         needs_restart = [
             key for key, old, new in (
                 ("audio", self.settings.audio, settings.audio),
@@ -202,6 +169,7 @@ class VoiceLoop:
                                                     "session": self.settings.session})
         self.gate.configure(settings.vad, settings.echo)
         log.info("voice: applied vad/echo settings (echo policy %s)", settings.echo.policy)
+        return needs_restart
 
     # --- uplink: mic -> gate -> Live ----------------------------------------------------------
 
@@ -222,7 +190,8 @@ class VoiceLoop:
             events = self.gate.feed(frame, playing=self._device_speaking())
             if self.mode == "server":
                 self._stream += frame.pcm
-                if len(self._stream) >= self.settings.vad.batch_ms * 32:
+                if len(self._stream) >= self.settings.vad.batch_ms * bytes_per_ms(
+                        CAPTURE_RATE):
                     self._outbox.put_nowait(("audio", bytes(self._stream)))
                     self._stream.clear()
             self._handle_speech(events)
@@ -321,11 +290,13 @@ class VoiceLoop:
                         and isinstance(ev, TurnComplete) and self.state == "thinking":
                     self._finish(self._reply, "no_audio")
                     self._set_state("idle")
-            elif isinstance(ev, Transcription):
-                target = self._turn if ev.role == "user" and self._turn else self._reply
+            elif (words := reply_chunk(ev)) is not None:
+                if self._reply is not None:
+                    self._reply.model_text += words
+            elif isinstance(ev, Transcription):       # the user's words
+                target = self._turn or self._reply
                 if target is not None:
-                    attr = "user_text" if ev.role == "user" else "model_text"
-                    setattr(target, attr, getattr(target, attr) + ev.text)
+                    target.user_text += ev.text
             elif isinstance(ev, ToolCallStarted):
                 if self._reply is not None:
                     self._reply.tools.append(ev.name)
@@ -402,7 +373,8 @@ class VoiceLoop:
     def _set_state(self, state: VoiceState) -> None:
         if state != self.state:
             log.debug("voice: %s -> %s", self.state, state)
-            self.state = state
+            previous, self.state = self.state, state
+            self.bus.publish(VoiceStateChanged(state, previous))
 
     def _finish(self, turn: TurnRecord, outcome: str) -> None:
         if turn.outcome != "open":
@@ -415,6 +387,5 @@ class VoiceLoop:
         log.info("turn %d %s (%s): %s", turn.id, outcome, turn.mode,
                  " ".join(f"{k.removesuffix('_ms')}={v}ms" for k, v in lat.items()
                           if v is not None) or "no timings")
-        for q in self._subscribers:
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(turn)
+        if turn.speech_start is not None:     # else: the spoken answer to a typed question,
+            self.bus.publish(TurnFinished(turn))    # which `ask` reports as its own turn

@@ -28,8 +28,8 @@ from edged.config import ConfigError, Settings
 from edged.tools import ToolRegistry
 
 # Frames above websockets' 1 MiB default make the client close with 1009, which the SDK
-# reports as an opaque 1006 (gemini_live.md §0.7). 16 MiB lifts that without letting one
-# frame exhaust a 512 MB Pi Zero.
+# reports as an opaque 1006 (docs/simulator.md, wire rule 7). 16 MiB lifts that without
+# letting one frame exhaust a 512 MB Pi Zero.
 MAX_FRAME_BYTES = 16 * 2**20
 # Closing a dead socket waits this long for the peer's close frame; the supervisor reconnects
 # without waiting for it, so this only bounds how long a half-dead socket lingers.

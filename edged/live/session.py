@@ -1,22 +1,21 @@
 """The Live session supervisor: one always-on, resumable Gemini Live conversation.
 
-The SDK gives one WebSocket per ``connect()`` and never reconnects (gemini_live.md §1.5). A
-device that is always on needs the opposite, so :class:`LiveSession` owns the recovery loop:
+The SDK gives one WebSocket per ``connect()`` and never reconnects. A device that is always on
+needs the opposite, so :class:`LiveSession` owns the recovery loop (docs/live-session.md):
 
 * every connection asks for session resumption; the newest handle marked ``resumable`` is kept
   and the next connection resumes with it, so the conversation survives drops and goAways;
 * ``goAway`` -> reconnect at the next point between turns, at the latest ``goaway_margin_s``
   before ``timeLeft`` runs out;
-* 1007/1008 are configuration errors: logged with the server's reason and a hint, state
-  ``config_error``, retried only every ``config_error_retry_s`` (or at once on a reload);
-* any other close or network error: exponential backoff with full jitter, reset after a
-  connection that lived ``stable_after_s``;
+* what to do after any other end - wait, back off, call it a configuration error - is decided
+  by :class:`~edged.live.policy.ReconnectPolicy`, a pure function of how the connection ended;
 * a stalled socket: no server message for ``stall_timeout_s`` while a reply is due means dead
-  (websockets' own ping covers the idle case); see docs/live-session.md for the bounds.
+  (websockets' own ping covers the idle case).
 
-It publishes :mod:`edged.events` ``LiveEvent``s to every subscriber and answers tool calls
-through the :class:`~edged.tools.ToolRegistry` (one response per call id, none for a call the
-server cancelled).
+It is a facade over three parts, each testable alone: the policy, the
+:class:`~edged.live.turns.TurnTracker` (is a reply owed, what to re-send or re-seed) and the
+:class:`~edged.live.dispatch.ToolDispatcher` (one response per tool call). Everything it
+observes goes onto the :class:`~edged.events.EventBus` as typed events.
 """
 
 from __future__ import annotations
@@ -25,45 +24,35 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import re
-import ssl
 import time
 from typing import Any
 
 import websockets
-from google.genai import errors, live, types
+from google.genai import live, types
 
 from edged.config import ConfigError, Settings
 from edged.events import (
+    EventBus,
     GenerationComplete,
     Interrupted,
-    LiveEvent,
     ModelAudio,
     ModelText,
+    Reconnecting,
     SessionChanged,
-    ToolCallFinished,
-    ToolCallStarted,
     Transcription,
     TurnComplete,
 )
+from edged.formats import CAPTURE_MIME
 from edged.live.client import build_client, build_config, client_fingerprint, setup_fingerprint
+from edged.live.dispatch import ToolDispatcher
+from edged.live.policy import End, ReconnectPolicy, classify
+from edged.live.turns import TurnTracker
 from edged.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
 
-CONFIG_ERROR_CODES = frozenset({1007, 1008})
-HINTS = {
-    1007: "the server rejected a setup field or the API key (invalid/expired key, unsupported "
-          "voice/language, bad tool declaration): check gemini.api_key / GEMINI_API_KEY, "
-          "gemini.voice, gemini.language and the registered tools",
-    1008: "the model or API version is not available for this key: check gemini.model "
-          "(a Live model, e.g. gemini-3.8-live) and gemini.api_version",
-}
 HANDLE_TTL_S = 7200.0        # resumption handles stay valid 2 h after the session ends
-HISTORY_TURNS = 20           # text exchanges kept to re-seed a session that could not resume
-HISTORY_CHARS = 8000
-AUDIO_MIME = "audio/pcm;rate=16000"
 
 
 class LiveUnavailable(ConnectionError):
@@ -72,17 +61,6 @@ class LiveUnavailable(ConnectionError):
 
 class LiveConfigError(LiveUnavailable):
     """The server rejects our setup (1007/1008, bad TLS trust, missing key): fix the config."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _End:
-    """Why one connection ended."""
-
-    kind: str                 # closed | goaway | reconfigure | stall | config | api | network
-    code: int | None = None
-    reason: str = ""
-    during_setup: bool = False
-    resumed: bool = False
 
 
 def _parse_duration(value: str | None) -> float:
@@ -94,9 +72,11 @@ def _parse_duration(value: str | None) -> float:
 class LiveSession:
     """Supervises the Gemini Live connection; implements :class:`edged.events.LiveLink`."""
 
-    def __init__(self, settings: Settings, tools: ToolRegistry) -> None:
+    def __init__(self, settings: Settings, tools: ToolRegistry,
+                 bus: EventBus | None = None) -> None:
         self._settings = settings
         self._tools = tools
+        self.bus = bus or EventBus()
         self._setup_fp = setup_fingerprint(settings, tools)
         self._client: Any = None
         self._client_fp: str | None = None
@@ -108,37 +88,24 @@ class LiveSession:
         self._stop = asyncio.Event()
         self._retry_now = asyncio.Event()
         self._wake = asyncio.Event()
-        self._subscribers: dict[asyncio.Queue[LiveEvent], int] = {}
+        self._policy = ReconnectPolicy(settings.session)
+        self._turns = TurnTracker()
+        self._dispatch = ToolDispatcher(tools, self.bus.publish, self._wake.set)
         self._handle: str | None = None
         self._handle_at: float | None = None
-        self._failures = 0
         self._next_retry_at: float | None = None
         self._last_close_code: int | None = None
         self._last_close_reason: str | None = None
         self._connected_at: float | None = None
         self._connected_since: float | None = None
         self._reconnects = 0
-        self._by_code: dict[str, int] = {}
+        self._by_cause: dict[str, int] = {}
         self._bytes_up = 0
         self._bytes_down = 0
         self._audio_dropped = 0
-        self._tool_counts = {"started": 0, "ok": 0, "error": 0, "cancelled": 0}
-        self._tool_tasks: dict[str, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        self._tool_started: dict[str, tuple[str, float]] = {}
-        # per-connection turn state
-        self._last_rx = time.monotonic()
-        self._reply_due_since: float | None = None
-        self._in_turn = False
-        self._activity_conn: int | None = None
         self._goaway_deadline: float | None = None
         self._reconfigure = False
-        # text history, for re-seeding a fresh session (pipecat#4355) and re-sending a turn
-        self._history: list[types.Content] = []
-        self._turn_user: list[str] = []
-        self._turn_model: list[str] = []
-        self._turn_model_transcript: list[str] = []
-        self._pending_text: str | None = None
 
     # --- public API ------------------------------------------------------------------------
 
@@ -171,20 +138,6 @@ class LiveSession:
         self._stop.set()
         self._wake.set()
 
-    def subscribe(self, maxsize: int = 1000) -> asyncio.Queue[LiveEvent]:
-        """A queue receiving every event from now on.
-
-        A consumer that falls ``maxsize`` events behind loses its *oldest* events (counted in
-        ``status()["events_dropped"]``): the live stream must never block on a slow reader,
-        and for playback the newest audio is the one worth having.
-        """
-        q: asyncio.Queue[LiveEvent] = asyncio.Queue(maxsize)
-        self._subscribers[q] = 0
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue[LiveEvent]) -> None:
-        self._subscribers.pop(q, None)
-
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 (LiveLink contract)
         """Wait until connected; raises LiveConfigError at once on a configuration error."""
         await self._wait_session(timeout)
@@ -197,8 +150,7 @@ class LiveSession:
         resumable while the model generates).
         """
         session = await self._wait_session(self._settings.session.text_wait_s)
-        self._pending_text = text
-        self._turn_user.append(text)
+        self._turns.typed(text)
         await self._send_text_turn(session, text)
 
     async def send_audio(self, pcm16k: bytes) -> None:
@@ -206,11 +158,12 @@ class LiveSession:
         and, in local turn mode, unless this connection saw the turn's activityStart."""
         session = self._session
         local = self._settings.session.turn_detection == "local"
-        if session is None or (local and self._activity_conn != self._conn_id):
+        if session is None or (local and not self._turns.activity_open):
             self._audio_dropped += 1
             return
         try:
-            await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
+            await session.send_realtime_input(
+                audio=types.Blob(data=pcm16k, mime_type=CAPTURE_MIME))
         except websockets.ConnectionClosed:
             self._audio_dropped += 1
             return
@@ -223,15 +176,15 @@ class LiveSession:
             return
         with contextlib.suppress(websockets.ConnectionClosed):
             await session.send_realtime_input(activity_start=types.ActivityStart())
-            self._activity_conn = self._conn_id
-            self._in_turn = True
+            self._turns.activity_open = True
+            self._turns.in_turn = True
 
     async def send_activity_end(self) -> None:
         """End of the user turn; from now on a reply is due (stall detection is armed)."""
         session = self._session
-        if session is None or self._activity_conn != self._conn_id:
+        if session is None or not self._turns.activity_open:
             return
-        self._activity_conn = None
+        self._turns.activity_open = False
         with contextlib.suppress(websockets.ConnectionClosed):
             await session.send_realtime_input(activity_end=types.ActivityEnd())
             self._reply_due()
@@ -245,9 +198,13 @@ class LiveSession:
             await session.send_realtime_input(video=types.Blob(data=jpeg, mime_type="image/jpeg"))
             self._bytes_up += len(jpeg)
 
+    @property
+    def state(self) -> str:
+        return self._state
+
     def status(self) -> dict[str, Any]:
         """JSON-safe snapshot for ``edgectl status`` and metrics (never contains the key)."""
-        now = time.monotonic()
+        t = time.monotonic()
         g, s = self._settings.gemini, self._settings.session
         return {
             "state": self._state,
@@ -256,12 +213,12 @@ class LiveSession:
             "last_close_code": self._last_close_code,
             "last_close_reason": self._last_close_reason,
             "connected_since": self._connected_since if self._session else None,
-            "connection_age_s": (round(now - self._connected_at, 1)
+            "connection_age_s": (round(t - self._connected_at, 1)
                                  if self._session and self._connected_at else None),
-            "handle_age_s": (round(now - self._handle_at, 1)
+            "handle_age_s": (round(t - self._handle_at, 1)
                              if self._handle and self._handle_at else None),
             "reconnects": self._reconnects,
-            "reconnects_by_code": dict(self._by_code),
+            "reconnects_by_code": dict(self._by_cause),
             "setup": {"model": g.model, "modality": g.response_modality,
                       "turn_detection": s.turn_detection, "voice": g.voice,
                       "language": g.language, "resumption": s.resumption,
@@ -269,17 +226,20 @@ class LiveSession:
             "bytes_up": self._bytes_up,
             "bytes_down": self._bytes_down,
             "audio_chunks_dropped": self._audio_dropped,
-            "tool_calls": dict(self._tool_counts),
-            "events_dropped": sum(self._subscribers.values()),
+            "tool_calls": dict(self._dispatch.counts),
+            "events_dropped": self.bus.dropped,
         }
 
-    def update_settings(self, settings: Settings) -> None:
-        """Apply reloaded settings. Supervisor knobs take effect at once; a changed setup or
-        client (model, voice, key, URL, ...) reconnects - resuming - at the next point between
-        turns. A changed model cannot resume (the server forbids it): the session restarts and
-        is re-seeded with the recent text history."""
+    def apply_settings(self, settings: Settings) -> list[str]:
+        """Apply reloaded settings; nothing here needs a restart (returns ``[]``).
+
+        Supervisor knobs take effect at once; a changed setup or client (model, voice, key,
+        URL, ...) reconnects - resuming - at the next point between turns. A changed model
+        cannot resume (the server forbids it): the session restarts and is re-seeded with the
+        recent text history."""
         old = self._settings
         self._settings = settings
+        self._policy.update(settings.session)
         fp = setup_fingerprint(settings, self._tools)
         try:
             client_changed = client_fingerprint(settings) != self._client_fp
@@ -295,28 +255,31 @@ class LiveSession:
             self._set_state("connecting", "retrying after a settings reload")
             self._retry_now.set()
         self._wake.set()
+        return []
 
     # --- connection lifecycle --------------------------------------------------------------
 
-    async def _connect_once(self) -> tuple[_End, float]:
+    async def _connect_once(self) -> tuple[End, float]:
         settings = self._settings
         handle = self._usable_handle()
         self._set_state("resuming" if handle else "connecting")
         try:
             client = self._get_client(settings)
         except ConfigError as e:
-            return _End("config", None, str(e), during_setup=True), 0.0
+            return End("config", None, str(e), during_setup=True), 0.0
         config = build_config(settings, self._tools, handle)
         self._connected_at = None
         stack = contextlib.AsyncExitStack()
-        end: _End | None = None
+        end: End | None = None
         try:
             async with asyncio.timeout(settings.session.connect_timeout_s):
                 session = await stack.enter_async_context(
                     client.aio.live.connect(model=settings.gemini.model, config=config))
             end = await self._serve(session, resumed=handle is not None)
         except Exception as e:
-            end = self._classify(e, during_setup=self._connected_at is None)
+            end = classify(e, during_setup=self._connected_at is None)
+            if end.kind == "error":
+                log.exception("unexpected error in the Live connection")
         finally:
             if end is not None and end.kind == "stall":
                 # A stalled peer never acknowledges our close frame: let the close (bounded by
@@ -329,22 +292,21 @@ class LiveSession:
         age = time.monotonic() - self._connected_at if self._connected_at else 0.0
         return dataclasses.replace(end, resumed=handle is not None), age
 
-    async def _serve(self, session: live.AsyncSession, resumed: bool) -> _End:
+    async def _serve(self, session: live.AsyncSession, resumed: bool) -> End:
         self._conn_id += 1
-        now = time.monotonic()
-        self._connected_at, self._connected_since = now, time.time()
-        self._last_rx, self._reply_due_since, self._in_turn = now, None, False
-        self._goaway_deadline, self._activity_conn, self._reconfigure = None, None, False
-        self._turn_model.clear()
-        self._turn_model_transcript.clear()
+        self._connected_at, self._connected_since = time.monotonic(), time.time()
+        self._turns.new_connection()
+        self._goaway_deadline, self._reconfigure = None, False
         log.info("Live connected (%s, connection #%d)",
                  "resumed session" if resumed else "new session", self._conn_id)
-        if not resumed and self._history:
-            log.info("re-seeding the fresh session with %d recent text turns", len(self._history))
-            await session.send_client_content(turns=list(self._history), turn_complete=False)
-        if self._pending_text is not None:
+        if not resumed and self._turns.history:
+            log.info("re-seeding the fresh session with %d recent text turns",
+                     len(self._turns.history))
+            await session.send_client_content(turns=list(self._turns.history),
+                                              turn_complete=False)
+        if self._turns.pending_text is not None:
             log.info("re-sending the text turn that was not answered before the drop")
-            await self._send_text_turn(session, self._pending_text)
+            await self._send_text_turn(session, self._turns.pending_text)
         self._session = session
         self._set_state("ready", "resumed" if resumed else "new session")
         recv = asyncio.create_task(self._receive_loop(session))
@@ -356,105 +318,52 @@ class LiveSession:
             for t in (recv, watch):
                 t.cancel()
             await asyncio.gather(recv, watch, return_exceptions=True)
-            for key in list(self._tool_tasks):    # answers for a dead connection can't be
-                self._cancel_tool(key, "connection ended")   # delivered
+            # answers for a dead connection can't be delivered
+            self._dispatch.cancel_all("connection ended")
         if watch in done:
             return watch.result()
         recv.result()            # raises the error that ended the connection
         raise AssertionError("receive loop returned")   # pragma: no cover
 
-    async def _watch(self) -> _End:
+    async def _watch(self) -> End:
         """Ends the connection on stop, stall, goAway (between turns) or a pending reconfigure."""
         while True:
             s = self._settings.session
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(1.0, s.stall_timeout_s / 4))
             self._wake.clear()
-            now = time.monotonic()
             if self._stop.is_set():
-                return _End("closed", 1000, "closed by edged")
-            if self._reply_due_since is not None:
-                silent = now - max(self._reply_due_since, self._last_rx)
-                if silent > s.stall_timeout_s:
-                    return _End("stall", None,
-                                f"no server message for {silent:.1f}s while a reply was due")
-            idle = self._idle()
-            if self._goaway_deadline is not None and (idle or now >= self._goaway_deadline):
-                return _End("goaway", None, "server goAway")
+                return End("closed", 1000, "closed by edged")
+            silent = self._turns.silent_for()
+            if silent is not None and silent > s.stall_timeout_s:
+                return End("stall", None,
+                           f"no server message for {silent:.1f}s while a reply was due")
+            idle = self._turns.idle(self._dispatch.busy)
+            if self._goaway_deadline is not None and (
+                    idle or time.monotonic() >= self._goaway_deadline):
+                return End("goaway", None, "server goAway")
             if self._reconfigure and idle:
-                return _End("reconfigure", None, "settings changed")
+                return End("reconfigure", None, "settings changed")
 
-    def _idle(self) -> bool:
-        """Between turns: nothing owed either way, so a reconnect loses nothing."""
-        return (not self._in_turn and not self._tool_tasks and self._reply_due_since is None
-                and self._activity_conn != self._conn_id)
-
-    def _after(self, end: _End, age: float) -> float:
+    def _after(self, end: End, age: float) -> float:
         """Record how the connection ended; returns the delay before the next attempt."""
-        s = self._settings.session
         self._last_close_code = end.code
         self._last_close_reason = end.reason or None
-        if end.kind == "closed":
+        decision = self._policy.decide(end, age, resuming=self._usable_handle() is not None)
+        if not decision.reconnect:
             return 0.0
+        if decision.drop_handle:
+            self._drop_handle(decision.drop_handle)
         self._reconnects += 1
-        key = str(end.code) if end.code is not None else end.kind
-        self._by_code[key] = self._by_code.get(key, 0) + 1
-        if end.kind in ("goaway", "reconfigure"):
-            log.info("Live reconnecting (%s)", end.reason)
-            self._failures = 0
-            return 0.0
-        if end.kind == "config" or end.code in CONFIG_ERROR_CODES:
-            if end.code in CONFIG_ERROR_CODES and end.resumed and end.during_setup:
-                # Stale or rejected handle (seen after long sessions): a fresh session is the
-                # fix, not a five-minute wait.
-                log.warning("Live refused to resume (close %s: %s); starting a new session",
-                            end.code, end.reason)
-                self._drop_handle("resumption was refused")
-                return 0.0
-            self._drop_handle("configuration error")
-            hint = HINTS.get(end.code or 0, "")
-            delay = s.config_error_retry_s
-            log.error("Gemini Live rejected the configuration (close %s: %s)%s; retrying in %gs "
-                      "or on reload", end.code, end.reason, f". Hint: {hint}" if hint else "",
-                      delay)
-            self._next_retry_at = time.time() + delay
-            detail = f"{end.code}: {end.reason}" if end.code else end.reason
-            self._set_state("config_error", f"{detail} (hint: {hint})" if hint else detail)
-            return delay
-        if age >= s.stable_after_s:
-            self._failures = 0
-        self._failures += 1
-        ceiling = min(s.backoff_cap_s, s.backoff_base_s * 2 ** (self._failures - 1))
-        delay = random.uniform(0, ceiling)     # full jitter: spreads a fleet's reconnects
-        level = logging.INFO if end.code == 1000 else logging.WARNING
-        log.log(level, "Live connection ended (%s%s%s) after %.1fs; reconnecting in %.2fs%s",
-                end.kind, f" {end.code}" if end.code is not None else "",
-                f": {end.reason}" if end.reason else "", age, delay,
-                " (resuming)" if self._usable_handle() else "")
-        self._next_retry_at = time.time() + delay
-        self._set_state("backoff", f"{key}: {end.reason}")
-        return delay
-
-    def _classify(self, e: Exception, during_setup: bool) -> _End:
-        if isinstance(e, errors.APIError):
-            reason = e.details if isinstance(e.details, str) else (e.message or str(e.details))
-            kind = "config" if e.code in CONFIG_ERROR_CODES else "api"
-            return _End(kind, e.code, reason, during_setup)
-        if isinstance(e, websockets.ConnectionClosed):
-            code = e.rcvd.code if e.rcvd else 1006
-            return _End("api", code, e.rcvd.reason if e.rcvd else "abnormal closure", during_setup)
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return _End("config", None, f"TLS verification failed ({e.verify_message}); set "
-                        "gemini.ca_file to the server's CA (PEM)", during_setup)
-        if isinstance(e, ConfigError):
-            return _End("config", None, str(e), during_setup)
-        if isinstance(e, TimeoutError):
-            return _End("network", None, "no setupComplete within session.connect_timeout_s",
-                        during_setup)
-        if isinstance(e, (OSError, websockets.InvalidHandshake)):
-            return _End("network", None, f"{type(e).__name__}: {e}", during_setup)
-        log.exception("unexpected error in the Live connection")
-        return _End("error", None, f"{type(e).__name__}: {e}", during_setup)
+        self._by_cause[end.cause] = self._by_cause.get(end.cause, 0) + 1
+        log.log(decision.log_level, "%s", decision.message)
+        resuming = self._usable_handle() is not None
+        self.bus.publish(Reconnecting(end.cause, end.reason, decision.delay_s, resuming))
+        if decision.delay_s > 0:
+            self._next_retry_at = time.time() + decision.delay_s
+        if decision.state != "connecting":
+            self._set_state(decision.state, decision.detail)
+        return decision.delay_s
 
     def _get_client(self, settings: Settings) -> Any:
         fp = client_fingerprint(settings)
@@ -480,7 +389,7 @@ class LiveSession:
         if (state, detail) == (self._state, self._detail):
             return
         self._state, self._detail = state, detail
-        self._publish(SessionChanged(state, detail))
+        self.bus.publish(SessionChanged(state, detail))
         self._state_evt.set()
         self._state_evt = asyncio.Event()
 
@@ -502,9 +411,9 @@ class LiveSession:
     # --- receiving -------------------------------------------------------------------------
 
     async def _receive_loop(self, session: live.AsyncSession) -> None:
-        while True:      # receive() ends after every turn (gemini_live.md §0.9)
+        while True:      # receive() ends after every turn
             async for msg in session.receive():
-                self._last_rx = time.monotonic()
+                self._turns.received()
                 self._on_message(msg, session)
 
     def _on_message(self, msg: types.LiveServerMessage, session: live.AsyncSession) -> None:
@@ -512,10 +421,11 @@ class LiveSession:
             self._on_content(sc)
         if msg.tool_call and msg.tool_call.function_calls:
             for fc in msg.tool_call.function_calls:
-                self._start_tool(fc, session)
+                self._turns.tool_running()
+                self._dispatch.start(fc, session, self._reply_due)
         if msg.tool_call_cancellation and msg.tool_call_cancellation.ids:
             for call_id in msg.tool_call_cancellation.ids:
-                self._cancel_tool(call_id, "cancelled by the server")
+                self._dispatch.cancel(call_id, "cancelled by the server")
         if (upd := msg.session_resumption_update) is not None and upd.resumable and upd.new_handle:
             self._handle, self._handle_at = upd.new_handle, time.monotonic()
         if msg.go_away is not None:
@@ -527,100 +437,35 @@ class LiveSession:
             self._wake.set()
 
     def _on_content(self, sc: types.LiveServerContent) -> None:
+        publish = self.bus.publish
         if sc.interrupted:
-            self._publish(Interrupted())
+            publish(Interrupted())
         elif sc.model_turn and sc.model_turn.parts:
             for part in sc.model_turn.parts:
                 blob = part.inline_data
                 if blob is not None and blob.data and (blob.mime_type or "audio/").startswith(
                         "audio/"):
                     self._bytes_down += len(blob.data)
-                    self._publish(ModelAudio(blob.data))
+                    publish(ModelAudio(blob.data))
                 elif part.text and not part.thought:
-                    self._turn_model.append(part.text)
-                    self._publish(ModelText(part.text))
-            self._in_turn = True
+                    self._turns.said(part.text)
+                    publish(ModelText(part.text))
+            self._turns.reply_streaming()
         if sc.input_transcription and sc.input_transcription.text:
             t = sc.input_transcription
-            self._publish(Transcription("user", t.text or "", bool(t.finished)))
-            if self._pending_text is None:
-                self._turn_user.append(t.text or "")
+            self._turns.heard(t.text or "")
+            publish(Transcription("user", t.text or "", bool(t.finished)))
         if sc.output_transcription and sc.output_transcription.text:
             t = sc.output_transcription
-            self._turn_model_transcript.append(t.text or "")
-            self._publish(Transcription("model", t.text or "", bool(t.finished)))
+            self._turns.said(t.text or "")
+            publish(Transcription("model", t.text or "", bool(t.finished)))
         if sc.generation_complete:
-            self._reply_due_since = None
-            self._publish(GenerationComplete())
+            self._turns.generation_complete()
+            publish(GenerationComplete())
         if sc.turn_complete:
-            self._reply_due_since = None
-            self._in_turn = False
-            self._commit_history()
-            self._publish(TurnComplete())
+            self._turns.turn_complete()
+            publish(TurnComplete())
             self._wake.set()
-
-    def _commit_history(self) -> None:
-        user = "".join(self._turn_user).strip()
-        model = ("".join(self._turn_model) or "".join(self._turn_model_transcript)).strip()
-        self._turn_user.clear()
-        self._turn_model.clear()
-        self._turn_model_transcript.clear()
-        self._pending_text = None
-        if user:
-            self._history.append(types.Content(role="user", parts=[types.Part(text=user)]))
-        if model:
-            self._history.append(types.Content(role="model", parts=[types.Part(text=model)]))
-        while len(self._history) > 2 * HISTORY_TURNS or (
-                len(self._history) > 1
-                and sum(len(c.parts[0].text or "") for c in self._history if c.parts)
-                > HISTORY_CHARS):
-            self._history.pop(0)
-
-    # --- tools -----------------------------------------------------------------------------
-
-    def _start_tool(self, fc: types.FunctionCall, session: live.AsyncSession) -> None:
-        call_id, name, args = fc.id or fc.name or "", fc.name or "", dict(fc.args or {})
-        self._in_turn = True
-        self._reply_due_since = None       # the model waits for us now, not the other way
-        self._tool_counts["started"] += 1
-        self._publish(ToolCallStarted(call_id, name, args))
-        task = asyncio.create_task(self._run_tool(call_id, fc.id, name, args, session),
-                                   name=f"tool:{name}:{call_id}")
-        self._tool_tasks[call_id] = task
-        self._tool_started[call_id] = (name, time.monotonic())
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._tool_tasks.get(call_id) is t:
-                del self._tool_tasks[call_id]
-                self._tool_started.pop(call_id, None)
-                self._wake.set()
-
-        task.add_done_callback(done)
-
-    def _cancel_tool(self, key: str, why: str) -> None:
-        """Cancel a running call; no response is sent for it (the server no longer wants one)."""
-        task = self._tool_tasks.get(key)
-        if task is None or task.done():
-            return
-        task.cancel()
-        name, start = self._tool_started.get(key, ("", time.monotonic()))
-        log.info("tool call %s (%s) %s", key, name, why)
-        self._tool_counts["cancelled"] += 1
-        self._publish(ToolCallFinished(key, name, False, time.monotonic() - start, error=why))
-
-    async def _run_tool(self, key: str, call_id: str | None, name: str, args: dict[str, Any],
-                        session: live.AsyncSession) -> None:
-        outcome = await self._tools.call(name, args)
-        self._tool_counts["ok" if outcome.ok else "error"] += 1
-        try:
-            await session.send_tool_response(function_responses=[types.FunctionResponse(
-                id=call_id, name=name, response=outcome.response)])
-            self._reply_due()
-        except websockets.ConnectionClosed:
-            log.warning("tool %s (%s) finished after the connection closed; the resumed "
-                        "session will ask again", name, key)
-        self._publish(ToolCallFinished(key, name, outcome.ok, outcome.duration_s, outcome.error,
-                                       outcome.response if outcome.ok else None))
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -634,13 +479,6 @@ class LiveSession:
         self._reply_due()
 
     def _reply_due(self) -> None:
-        self._in_turn = True
-        self._reply_due_since = time.monotonic()
+        self._turns.reply_due()
         self._wake.set()
 
-    def _publish(self, event: LiveEvent) -> None:
-        for q in self._subscribers:
-            if q.full():
-                q.get_nowait()
-                self._subscribers[q] += 1
-            q.put_nowait(event)

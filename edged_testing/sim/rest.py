@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("edged.sim")
+log = logging.getLogger("edged_testing.sim")
 
 MAX_BODY = 8 * 2**20
 DEFAULT_DIMS = 3072          # gemini-embedding-001's full output size

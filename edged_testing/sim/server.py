@@ -2,7 +2,7 @@
 
 ``LiveSimulator`` is the object tests hold: it owns the listening socket, the records of every
 connection and the sessions that resumption handles point into; each socket is served by an
-``edged.sim.connection.Connection``.
+``edged_testing.sim.connection.Connection``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from edged.sim import wire
-from edged.sim.connection import Connection
-from edged.sim.rest import RestEndpoint, RestRequest
-from edged.sim.scenario import Action, Rule, Scenario
-from edged.sim.state import ConnectionRecord, SessionState
+from edged_testing.sim import wire
+from edged_testing.sim.connection import Connection
+from edged_testing.sim.rest import RestEndpoint, RestRequest
+from edged_testing.sim.scenario import Action, Rule, Scenario
+from edged_testing.sim.state import ConnectionRecord, SessionState
 
-log = logging.getLogger("edged.sim")
+log = logging.getLogger("edged_testing.sim")
 
 
 class LiveSimulator:
@@ -99,7 +99,7 @@ class LiveSimulator:
 
     @property
     def rest_base_url(self) -> str:
-        """Where the REST calls (embeddings) go; see ``edged.sim.rest`` for why it differs."""
+        """Where the REST calls (embeddings) go; ``edged_testing.sim.rest`` says why it differs."""
         assert self._rest is not None, "start the simulator first"
         return f"https://{self.host}:{self._rest.port}"
 
@@ -116,6 +116,21 @@ class LiveSimulator:
         """Every normalised client message as (connection index, {kind: body}), in arrival
         order; ``kind`` filters by top-level key ("realtimeInput", "clientContent", ...)."""
         return [(i, m) for i, m in self._messages if kind is None or kind in m]
+
+    def reply_audio(self) -> list[bytes]:
+        """The reply audio sent, one bytes object per completed turn, over all connections in
+        order (what a client that plays everything should have played)."""
+        turns, current = [], bytearray()
+        for conn in self.connections:
+            for m in conn.sent:
+                content = m.get("serverContent", {})
+                for part in content.get("modelTurn", {}).get("parts", []):
+                    if "inlineData" in part:
+                        current += part["inlineData"]["data"]
+                if content.get("turnComplete"):
+                    turns.append(bytes(current))
+                    current.clear()
+        return turns
 
     async def wait_for(self, predicate: Callable[[LiveSimulator], bool],
                        timeout: float) -> None:  # noqa: ASYNC109 - the public API takes it

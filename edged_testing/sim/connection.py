@@ -14,14 +14,15 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from edged import speech
-from edged.sim import wire
-from edged.sim.scenario import (
+from edged.formats import CAPTURE_RATE, REPLY_RATE
+from edged_testing import speech
+from edged_testing.sim import wire
+from edged_testing.sim.scenario import (
     Action,
     Assistant,
     CancelToolCalls,
@@ -29,26 +30,25 @@ from edged.sim.scenario import (
     Drop,
     GoAway,
     Reply,
+    Rule,
+    Scenario,
     Sleep,
     Stall,
     ToolCall,
     ToolCalls,
 )
-from edged.sim.state import (
+from edged_testing.sim.state import (
     ConnectionRecord,
     SessionState,
     TurnContext,
     first_hit,
     remembered_name,
 )
-from edged.sim.vad import EnergyVad
+from edged_testing.sim.vad import EnergyVad
 
-if TYPE_CHECKING:
-    from edged.sim.server import LiveSimulator
+log = logging.getLogger("edged_testing.sim")
 
-log = logging.getLogger("edged.sim")
-
-OUT_RATE = 24000
+OUT_RATE = REPLY_RATE
 OUT_MIME = f"audio/pcm;rate={OUT_RATE}"
 MAX_CHUNK_BYTES = 512 * 1024   # raw audio per message: ~683 KiB as base64, under the 1 MiB cap
 SETUP_TIMEOUT = 30.0
@@ -66,10 +66,26 @@ def _speech(text: str, voice: str) -> bytes:
 def _voice(language: str) -> str:
     return "en-us" if language.lower().startswith("en") else language.split("-")[0].lower()
 
+class SimHost(Protocol):
+    """What a connection needs from the simulator that owns it (``LiveSimulator``)."""
+
+    scenario: Scenario
+    sessions: dict[str, SessionState]
+    record_audio: bool
+    max_frame_bytes: int
+
+    def error(self, conn: int, text: str) -> None: ...
+    def rules(self, on: str, **kw: Any) -> Rule | None: ...
+    def next_transcript(self) -> str: ...
+    def new_id(self, prefix: str) -> str: ...
+    def issue_handle(self, session: SessionState) -> str: ...
+    def resume(self, handle: str) -> SessionState | None: ...
+
+
 class Connection:
     """One client socket: handshake, read loop, turn detection, reply tasks."""
 
-    def __init__(self, sim: LiveSimulator, ws: ServerConnection, record: ConnectionRecord,
+    def __init__(self, sim: SimHost, ws: ServerConnection, record: ConnectionRecord,
                  version: str) -> None:
         self.sim, self.ws, self.record, self.version = sim, ws, record, version
         self.sc = sim.scenario
@@ -539,7 +555,7 @@ def _split(text: str, n: int) -> list[str]:
 
 def _rate(mime: str) -> int:
     m = re.search(r"rate=(\d+)", mime)
-    return int(m.group(1)) if m else 16000
+    return int(m.group(1)) if m else CAPTURE_RATE
 
 
 def strip_bytes(msg: Any) -> Any:

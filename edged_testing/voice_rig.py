@@ -4,7 +4,7 @@ Shared by the wire-level tests, ``scripts/demo_voice.py`` and ``scripts/bench_vo
 three run exactly what the daemon runs - :class:`~edged.live.session.LiveSession` (real
 google-genai SDK over TLS) and :class:`~edged.audio.voice.VoiceLoop` (real ALSA API) - with only
 the outside world replaced: the microphone is a paced FIFO source
-(:class:`~edged.audio.virtual.PacedSource`), the speaker a paced FIFO sink, Gemini the
+(:class:`~edged_testing.alsa.PacedSource`), the speaker a paced FIFO sink, Gemini the
 simulator. ``speed`` > 1 runs the room faster than real time (tests); latency figures need 1.
 """
 
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.audio.virtual import PacedSink, PacedSource, VirtualAlsa
-from edged.audio.voice import TurnRecord, VoiceLoop
+from edged.audio.voice import VoiceLoop
 from edged.config import Settings
-from edged.events import LiveEvent
+from edged.events import LIVE_EVENTS, LiveEvent, TurnFinished, TurnRecord
 from edged.live.session import LiveSession
-from edged.sim import LiveSimulator, Scenario
 from edged.tools import Tool, ToolRegistry
+from edged_testing.alsa import PacedSink, PacedSource, VirtualAlsa
+from edged_testing.sim import LiveSimulator, Scenario
 
 MIC = "edged_mic"
 SPEAKER = "edged_speaker"
@@ -53,10 +53,10 @@ class VoiceRig:
     live: LiveSession
     voice: VoiceLoop
     events: asyncio.Queue[LiveEvent]      # a second subscription, for observers
-    turns: asyncio.Queue[TurnRecord]
+    turns: asyncio.Queue[TurnFinished]
 
     async def next_turn(self, timeout: float) -> TurnRecord:  # noqa: ASYNC109
-        return await asyncio.wait_for(self.turns.get(), timeout)
+        return (await asyncio.wait_for(self.turns.get(), timeout)).record
 
     def wire(self) -> list[dict[str, Any]]:
         """The ``realtimeInput`` bodies the simulator received, in order."""
@@ -101,9 +101,9 @@ async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: 
             for tool in tools or []:
                 registry.register(tool)
             live = LiveSession(settings, registry)
-            voice = VoiceLoop(settings, live, live.subscribe())
-            rig = VoiceRig(va, mic, speaker, sim, settings, live, voice, live.subscribe(),
-                           voice.subscribe_turns())
+            voice = VoiceLoop(settings, live, live.bus)
+            rig = VoiceRig(va, mic, speaker, sim, settings, live, voice,
+                           live.bus.subscribe(*LIVE_EVENTS), live.bus.subscribe(TurnFinished))
             live_task = asyncio.create_task(live.run(), name="rig-live")
             voice_task = asyncio.create_task(voice.run(), name="rig-voice")
             try:
@@ -125,8 +125,8 @@ async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: 
 
 async def _device_side(settings: Settings) -> None:
     live = LiveSession(settings, ToolRegistry(settings.tools.timeout_s))
-    voice = VoiceLoop(settings, live, live.subscribe())
-    turns = voice.subscribe_turns()
+    voice = VoiceLoop(settings, live, live.bus)
+    turns = live.bus.subscribe(TurnFinished)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     tasks = [asyncio.create_task(live.run()), asyncio.create_task(voice.run())]
@@ -139,7 +139,7 @@ async def _device_side(settings: Settings) -> None:
         stopper = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if getter in done:
-            print(json.dumps({"turn": dataclasses.asdict(getter.result())}), flush=True)
+            print(json.dumps({"turn": dataclasses.asdict(getter.result().record)}), flush=True)
         for f in (getter, stopper):
             f.cancel()
     print(json.dumps({"status": voice.status(), "live": live.status()}, default=str),
@@ -151,7 +151,7 @@ async def _device_side(settings: Settings) -> None:
 
 
 def device_side_main(argv: list[str] | None = None) -> None:
-    """``python -m edged.audio.harness SETTINGS_JSON``: VoiceLoop + LiveSession only, printing
+    """``python -m edged_testing.voice_rig SETTINGS_JSON``: VoiceLoop + LiveSession only, printing
     one JSON line per finished turn (monotonic timestamps: comparable across processes)."""
     args = sys.argv[1:] if argv is None else argv
     asyncio.run(_device_side(Settings.model_validate(json.loads(args[0]))))

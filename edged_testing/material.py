@@ -1,4 +1,5 @@
-"""Test, demo and benchmark audio built from real espeak-ng speech (edged.speech) with numpy.
+"""Test, demo and benchmark audio built with numpy from real espeak-ng speech
+(:mod:`edged_testing.speech`).
 
 Hard cases are made, not recorded: speech at a chosen level, noise mixed at a chosen SNR, and
 the device's own reply leaking back into the microphone (attenuated and delayed, as from a
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edged import speech
+from edged.formats import CAPTURE_RATE, REPLY_RATE
+from edged_testing import speech
 
-RATE = 16000
+RATE = CAPTURE_RATE
 
 
 def silence(ms: int, rate: int = RATE) -> bytes:
@@ -72,5 +74,5 @@ def say(text: str, voice: str = "en-us", dbfs: float = -20.0, rate: int = RATE) 
 
 def echo_of(reply24k: bytes, gain_db: float = -25.0, delay_ms: int = 5) -> bytes:
     """What the mic hears of the device's own 24 kHz reply: 16 kHz, attenuated, delayed."""
-    return silence(delay_ms) + _pcm(_arr(speech.resample(reply24k, 24000, RATE))
+    return silence(delay_ms) + _pcm(_arr(speech.resample(reply24k, REPLY_RATE, RATE))
                                     * 10 ** (gain_db / 20))

@@ -1,7 +1,7 @@
 """Gemini Live simulator: a local TLS WebSocket server speaking BidiGenerateContent.
 
 Why: edged must be tested against the *real* google-genai SDK without internet. The simulator
-follows every wire rule of reference/gemini_live.md §0 (TLS with its own CA, any v1/v1alpha/
+follows every wire rule of docs/simulator.md (TLS with its own CA, any v1/v1alpha/
 v1beta(1) API-key or Vertex path, ``setupComplete`` first, snake→camel normalisation at every
 depth, URL-safe or standard base64, camelCase binary frames, errors only as close frames with a
 ≤123-byte reason, frames < 1 MiB, pongs) and records everything the client sent.
@@ -52,7 +52,7 @@ The simulator does no speech recognition: audio turns take their text from
 ``Scenario.transcripts`` in order, then ``default_transcript``.
 """
 
-from edged.sim.scenario import (
+from edged_testing.sim.scenario import (
     Action,
     Assistant,
     CancelToolCalls,
@@ -67,8 +67,8 @@ from edged.sim.scenario import (
     ToolCall,
     ToolCalls,
 )
-from edged.sim.server import LiveSimulator
-from edged.sim.state import ConnectionRecord, SessionState, TurnContext
+from edged_testing.sim.server import LiveSimulator
+from edged_testing.sim.state import ConnectionRecord, SessionState, TurnContext
 
 __all__ = [
     "Action", "Assistant", "CancelToolCalls", "Close", "ConnectionRecord", "Drop", "GoAway",

@@ -1,7 +1,7 @@
 """Real synthetic speech from espeak-ng, as raw S16_LE mono PCM at a chosen rate.
 
 Used where a human voice is needed without a human: the simulator's spoken replies, the demo's
-questions, and test/benchmark material (DESIGN.md §3). Not used on the device's audio path.
+questions, and test/benchmark material. Not used on the device's audio path.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import wave
 from pathlib import Path
 
 import numpy as np
+
+from edged.formats import CAPTURE_RATE
 
 ESPEAK = "espeak-ng"
 
@@ -31,7 +33,8 @@ def resample(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:
     return np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes()
 
 
-def synthesize(text: str, voice: str = "es", rate: int = 16000, speed_wpm: int = 160) -> bytes:
+def synthesize(text: str, voice: str = "es", rate: int = CAPTURE_RATE,
+               speed_wpm: int = 160) -> bytes:
     """Speak ``text`` with espeak-ng voice ``voice`` ("es", "en-us", ...); raw S16_LE mono."""
     if not available():
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -43,15 +46,6 @@ def synthesize(text: str, voice: str = "es", rate: int = 16000, speed_wpm: int =
             src_rate = w.getframerate()
             pcm = w.readframes(w.getnframes())
     return resample(pcm, src_rate, rate)
-
-
-def write_wav(path: Path, pcm: bytes, rate: int) -> None:
-    """Write raw S16_LE mono PCM as a WAV file (the demo's and chat's reply recordings)."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, dbfs: float = -12.0) -> bytes:

@@ -1,18 +1,10 @@
-"""The control socket: a versioned JSON-lines protocol over a unix socket, for ``edgectl``.
+"""The control socket server: serves :mod:`edged.control.protocol` to ``edgectl``.
 
-Wire format (one JSON object per line, UTF-8)::
-
-    -> {"v": 1, "id": 7, "method": "status", "params": {}}
-    <- {"v": 1, "id": 7, "ok": true, "result": {...}}
-    <- {"v": 1, "id": 7, "ok": false, "error": {"code": "unknown_method", "message": "..."}}
-
-Streaming methods (``ask``, ``events``) send any number of lines with ``"partial": true``
-before the final reply (the one without ``partial``) for the same id.
-
-Robustness rules: a malformed, oversized or unknown request gets an error reply and the
-connection keeps working (the next line is read normally); nothing a client sends can raise
-out of a connection handler. Methods that change state (``mutating``) are checked against
-the caller's SO_PEERCRED: root, the daemon's own uid, or members of ``control.group``.
+The daemon hands it a table of :class:`Method`s (``edged.daemon.methods``); this module owns
+only the transport. Robustness rules: a malformed, oversized or unknown request gets an error
+reply and the connection keeps working (the next line is read normally); nothing a client sends
+can raise out of a connection handler. Methods that change state (``mutating``) are checked
+against the caller's SO_PEERCRED: root, the daemon's own uid, or members of ``control.group``.
 The socket is created 0660 and chowned to that group (the runtime directory is 0750 too).
 """
 
@@ -21,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import json
 import logging
 import os
 import pwd
@@ -34,22 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import ControlSettings
+from edged.control import protocol
+from edged.control.protocol import ControlError, ErrorCode, RequestError
 from edged.logs import EV_CONTROL
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 MAX_CONNECTIONS = 32
 SOCKET_MODE = 0o660
-
-
-class ControlError(Exception):
-    """An error reply: ``code`` is stable for programs, ``message`` is for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,57 +97,6 @@ def _resolve_group(name: str) -> tuple[int | None, str | None]:
                       f"`sudo groupadd --system {name}` and restart edged, or set control.group")
 
 
-def _encode(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":"))
-            + "\n").encode("utf-8")
-
-
-def _reply(req_id: Any, result: Any, partial: bool = False) -> bytes:
-    msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": req_id, "ok": True}
-    if partial:
-        msg["partial"] = True
-    msg["result"] = result
-    return _encode(msg)
-
-
-def _error(req_id: Any, code: str, message: str) -> bytes:
-    return _encode({"v": PROTOCOL_VERSION, "id": req_id, "ok": False,
-                    "error": {"code": code, "message": message}})
-
-
-def _parse(line: bytes) -> tuple[Any, str, Params]:
-    """Validate one request line; raises ControlError (with the id when it could be read)."""
-    try:
-        req = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ControlError("parse_error", f"request is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(req, dict):
-        raise ControlError("invalid_request", "request must be a JSON object "
-                           '{"v":1,"id":...,"method":"...","params":{}}')
-    req_id = req.get("id")
-    if isinstance(req_id, dict | list):
-        raise ControlError("invalid_request", "id must be a string, number or null")
-    if req.get("v") != PROTOCOL_VERSION:
-        raise _WithId(req_id, "unsupported_version",
-                      f"protocol version {req.get('v')!r} is not supported; this daemon speaks "
-                      f'"v": {PROTOCOL_VERSION} (upgrade edgectl or edged so they match)')
-    method = req.get("method")
-    if not isinstance(method, str) or not method:
-        raise _WithId(req_id, "invalid_request", "method must be a non-empty string")
-    params = req.get("params", {})
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise _WithId(req_id, "invalid_params", "params must be a JSON object")
-    return req_id, method, params
-
-
-class _WithId(ControlError):
-    def __init__(self, req_id: Any, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.req_id = req_id
-
-
 class ControlServer:
     def __init__(self, settings: ControlSettings, methods: dict[str, Method]) -> None:
         self.settings = settings
@@ -178,6 +110,16 @@ class ControlServer:
     @property
     def path(self) -> Path:
         return self.settings.socket_path
+
+    def apply_settings(self, new: ControlSettings) -> list[str]:
+        """Take a reloaded ``[control]``: the request limit applies at once; a new socket path
+        or group only after a restart (returned as the keys that need one)."""
+        restart = [f"control.{k}" for k in ("socket_path", "group")
+                   if getattr(new, k) != getattr(self.settings, k)]
+        self.settings = self.settings.model_copy(
+            update={"max_request_bytes": new.max_request_bytes,
+                    "stop_timeout_s": new.stop_timeout_s})
+        return restart
 
     async def start(self) -> None:
         path = self.path
@@ -221,8 +163,9 @@ class ControlServer:
         self._connections.add(task)
         try:
             if len(self._connections) > MAX_CONNECTIONS:
-                writer.write(_error(None, "busy", f"more than {MAX_CONNECTIONS} control "
-                                    "connections are open; close some and retry"))
+                writer.write(protocol.error(
+                    None, ErrorCode.BUSY, f"more than {MAX_CONNECTIONS} control connections "
+                    "are open; close some and retry"))
                 await writer.drain()
                 return
             sock = writer.get_extra_info("socket")
@@ -273,13 +216,15 @@ class _Connection:
                 line = bytes(self.buf[:nl])
                 del self.buf[:nl + 1]
                 if len(line) > limit:
-                    await self._send(_error(None, "too_large", self._too_large_msg(limit)))
+                    await self._send(protocol.error(None, ErrorCode.TOO_LARGE,
+                                                   self._too_large_msg(limit)))
                     continue
                 return line
             elif len(self.buf) > limit:
                 self.buf.clear()
                 self.discarding = True
-                await self._send(_error(None, "too_large", self._too_large_msg(limit)))
+                await self._send(protocol.error(None, ErrorCode.TOO_LARGE,
+                                                   self._too_large_msg(limit)))
                 continue
             if self.eof:
                 if self.buf and not self.discarding:
@@ -309,17 +254,17 @@ class _Connection:
         srv.requests_total += 1
         req_id: Any = None
         try:
-            req_id, name, params = _parse(line)
+            req_id, name, params = protocol.parse_request(line)
             method = srv.methods.get(name)
             if method is None:
-                raise ControlError("unknown_method", f"unknown method {name!r}; known: "
+                raise ControlError(ErrorCode.UNKNOWN_METHOD, f"unknown method {name!r}; known: "
                                    f"{', '.join(sorted(srv.methods))}")
             if method.mutating and not is_authorized(self.peer, srv.group_gid):
                 log.warning("control: refused %s from uid %d pid %d", name, self.peer.uid,
                             self.peer.pid, extra={"EDGED_EVENT": EV_CONTROL,
                                                   "EDGED_PEER_UID": self.peer.uid})
                 raise ControlError(
-                    "forbidden",
+                    ErrorCode.FORBIDDEN,
                     f"{name!r} changes state and is allowed only for root, the daemon's user "
                     f"and members of group {srv.settings.group!r} (you are uid "
                     f"{self.peer.uid}); add yourself with `sudo usermod -aG "
@@ -328,19 +273,20 @@ class _Connection:
                 await self._stream(req_id, method, params)
             else:
                 result = await method.handler(params, self.peer)   # type: ignore[misc]
-                await self._send(_reply(req_id, result))
-        except _WithId as e:
+                await self._send(protocol.reply(req_id, result))
+        except RequestError as e:
             srv.errors_total += 1
-            await self._send(_error(e.req_id, e.code, e.message))
+            await self._send(protocol.error(e.req_id, e.code, e.message))
         except ControlError as e:
             srv.errors_total += 1
-            await self._send(_error(req_id, e.code, e.message))
+            await self._send(protocol.error(req_id, e.code, e.message))
         except (ConnectionError, BrokenPipeError):
             raise
         except Exception as e:
             srv.errors_total += 1
             log.exception("control: %s failed", line[:80])
-            await self._send(_error(req_id, "internal", f"{type(e).__name__}: {e}"))
+            await self._send(protocol.error(req_id, ErrorCode.INTERNAL,
+                                             f"{type(e).__name__}: {e}"))
 
     async def _stream(self, req_id: Any, method: Method, params: Params) -> None:
         """Forward a streaming handler's items; stop early if the client hangs up.
@@ -373,11 +319,11 @@ class _Connection:
                     item = nxt.result()
                     nxt = None
                     if isinstance(item, Final):
-                        await self._send(_reply(req_id, item.result))
+                        await self._send(protocol.reply(req_id, item.result))
                         return
-                    await self._send(_reply(req_id, item, partial=True))
+                    await self._send(protocol.reply(req_id, item, partial=True))
         except StopAsyncIteration:
-            await self._send(_reply(req_id, {"done": True}))
+            await self._send(protocol.reply(req_id, {"done": True}))
         finally:
             for fut in (nxt, eof_watch):
                 if fut is not None and not fut.done():

@@ -10,8 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
-from edged.sim.scenario import Scenario
-from edged.sim.server import LiveSimulator
+from edged_testing.sim.scenario import Scenario
+from edged_testing.sim.server import LiveSimulator
 
 DEFAULT_CERT_DIR = Path.home() / ".cache" / "edged-sim"
 

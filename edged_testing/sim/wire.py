@@ -1,9 +1,10 @@
 """Wire-level helpers for the Live simulator: key casing, base64, framing, URL paths, TLS.
 
 Everything here exists because the real SDK and the real server disagree with the obvious
-choice (reference/gemini_live.md §0): the SDK sends mixed snake/camel keys and URL-safe
-base64, the server must answer with camelCase keys in binary frames, close reasons are capped
-at 123 bytes, and the SDK only speaks ``wss``, so the simulator needs its own trusted cert.
+choice (docs/simulator.md, "The wire rules it follows"): the SDK sends mixed snake/camel keys
+and URL-safe base64, the server must answer with camelCase keys in binary frames, close
+reasons are capped at 123 bytes, and the SDK only speaks ``wss``, so the simulator needs its
+own trusted cert.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A scenario is data (dataclasses, or the same shape in TOML/JSON), so a test states *what the
 server does* in a few lines and the simulator owns *how it looks on the wire*. The format is
-documented in ``edged/sim/__init__.py`` and docs/simulator.md.
+documented in ``edged_testing/sim/__init__.py`` and docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from edged.sim.server import TurnContext
+from edged_testing.sim.state import TurnContext
 
-# Models the simulator accepts by default (reference/gemini_live.md §6, late 2026).
+# Models the simulator accepts by default (the Live models listed for late 2026).
 KNOWN_MODELS: tuple[str, ...] = (
     "gemini-3.8-live",
     "gemini-3.8-live-extended-thinking",
@@ -29,7 +28,7 @@ KNOWN_MODELS: tuple[str, ...] = (
     "gemini-live-2.5-flash-preview-native-audio-09-2025",
 )
 
-Text = str | Callable[["TurnContext"], str]
+Text = str | Callable[[TurnContext], str]
 
 
 # --- actions ------------------------------------------------------------------------------
