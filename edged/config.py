@@ -255,6 +255,9 @@ class KnowledgeSettings(_Section):
     relevance_weight_lexical: float = Field(
         default=5.18, description="Weight of the idf-weighted share of query words the passage "
         "contains (make eval)")
+    relevance_weight_label: float = Field(
+        default=0.0, description="Weight of the idf-weighted share of query words in the "
+        "passage's title and section heading (make eval)")
     min_relevance: float = Field(
         default=0.08, ge=0, le=1,
         description="Passages below this calibrated relevance are not returned; if none is "

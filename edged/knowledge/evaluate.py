@@ -131,17 +131,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 200) -> np.ndarray:
 
 
 def _features(cands: list[Candidate], mode: Mode) -> np.ndarray:
-    cols = {"fts": [[c.lexical] for c in cands], "vector": [[c.cosine] for c in cands],
-            "hybrid": [[c.cosine, c.lexical] for c in cands]}[mode]
+    cols = {"fts": [[c.lexical, c.label] for c in cands], "vector": [[c.cosine] for c in cands],
+            "hybrid": [[c.cosine, c.lexical, c.label] for c in cands]}[mode]
     return np.array(cols, np.float64).reshape(len(cands), -1)
 
 
 def _relevance(w: np.ndarray, mode: Mode, floor: float) -> Relevance:
-    if mode == "fts":
-        return Relevance(float(w[0]), 0.0, float(w[1]), floor)
-    if mode == "vector":
-        return Relevance(float(w[0]), float(w[1]), 0.0, floor)
-    return Relevance(float(w[0]), float(w[1]), float(w[2]), floor)
+    """The fitted weights as a Relevance (a single-method mode has zero for the others)."""
+    vec, lex, lab = {"fts": (0.0, w[1], w[2]), "vector": (w[1], 0.0, 0.0),
+                     "hybrid": (w[1], w[2], w[3])}[mode]
+    return Relevance(float(w[0]), float(vec), float(lex), float(lab), floor)
 
 
 @dataclass
@@ -265,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             for mode, (rel, cap) in fitted.items():
                 print(f"  {mode:<7} fitted on tune: bias {rel.bias:.2f}, w_vector "
                       f"{rel.weight_vector:.2f}, w_lexical {rel.weight_lexical:.2f}, "
-                      f"floor {rel.floor:.2f}, max {cap}/document")
+                      f"w_label {rel.weight_label:.2f}, floor {rel.floor:.2f}, "
+                      f"max {cap}/document")
             if with_translation:
                 args.out.mkdir(parents=True, exist_ok=True)
                 with (args.out / "tool-answers.jsonl").open("w", encoding="utf-8") as f:

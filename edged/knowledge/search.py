@@ -39,10 +39,12 @@ import numpy as np
 from edged.config import KnowledgeSettings
 from edged.knowledge import store
 from edged.knowledge.store import IndexUnavailable
-from edged.knowledge.text import fts_query, index_terms, query_alternatives
+from edged.knowledge.text import fts_query, query_alternatives, term_hash
 
 Mode = Literal["hybrid", "fts", "vector"]
 LEXICAL_CANDIDATES = 40
+LABEL_CANDIDATES = 20     # BM25 over title and heading only
+POSTINGS_BUDGET = 6000    # chunks the BM25 queries may read per question (see bounded())
 VECTOR_CANDIDATES = 100   # Hamming KNN oversampling before exact rescoring
 
 
@@ -53,20 +55,21 @@ class Relevance:
     bias: float
     weight_vector: float
     weight_lexical: float
+    weight_label: float
     floor: float
 
     @classmethod
     def from_settings(cls, k: KnowledgeSettings) -> Relevance:
         return cls(k.relevance_bias, k.relevance_weight_vector, k.relevance_weight_lexical,
-                   k.min_relevance)
+                   k.relevance_weight_label, k.min_relevance)
 
-    def score(self, cosine: float, lexical: float, mode: Mode = "hybrid") -> float:
-        """sigmoid(bias + w·features); a single-retriever mode uses its own feature only."""
+    def score(self, cosine: float, lexical: float, label: float, mode: Mode = "hybrid") -> float:
+        """sigmoid(bias + w·features); a single-retriever mode uses its own features only."""
         z = self.bias
         if mode != "fts":
             z += self.weight_vector * cosine
         if mode != "vector":
-            z += self.weight_lexical * lexical
+            z += self.weight_lexical * lexical + self.weight_label * label
         return 1.0 / (1.0 + math.exp(-z))
 
 
@@ -80,11 +83,12 @@ class Hit:
     score: float            # calibrated relevance, 0..1
     cosine: float = 0.0
     lexical: float = 0.0
+    label: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One chunk either retriever proposed, with both features (for ranking and for fitting)."""
+    """One chunk a retriever proposed, with every feature (for ranking and for fitting)."""
 
     chunk_id: int
     doc_id: int
@@ -94,6 +98,106 @@ class Candidate:
     text: str
     cosine: float
     lexical: float
+    label: float
+
+
+def _coverage(blobs: list[bytes], stems: list[str], phrasings: list[list[tuple[str, ...]]],
+              idf: dict[tuple[str, ...], float]) -> np.ndarray:
+    """Per candidate, the best over phrasings of the idf-weighted share of the phrasing's words
+    whose stem (either language) is among the candidate's stored term hashes."""
+    n = len(blobs)
+    if not stems or not n:
+        return np.zeros(n, np.float32)
+    qh = np.array([term_hash(s) for s in stems], np.uint32)
+    order = np.argsort(qh)
+    qsorted = qh[order]
+    arrays = [np.frombuffer(b, np.uint32) for b in blobs]
+    flat = np.concatenate(arrays)
+    owner = np.repeat(np.arange(n), [len(a) for a in arrays])
+    pos = np.minimum(np.searchsorted(qsorted, flat), len(qsorted) - 1)
+    found = qsorted[pos] == flat
+    has = np.zeros((n, len(stems)), np.float32)
+    has[owner[found], order[pos[found]]] = 1.0
+    column = {s: i for i, s in enumerate(stems)}
+    best = np.zeros(n, np.float32)
+    for words in phrasings:
+        if not words:
+            continue
+        incidence = np.zeros((len(stems), len(words)), np.float32)
+        for j, alts in enumerate(words):
+            incidence[[column[s] for s in alts], j] = 1.0
+        weights = np.array([idf[alts] for alts in words], np.float32)
+        covered = ((has @ incidence) > 0) @ weights / max(float(weights.sum()), 1e-9)
+        best = np.maximum(best, covered)
+    return best
+
+
+def bounded(alternatives: list[tuple[str, ...]], df: dict[str, int],
+            budget: int = POSTINGS_BUDGET) -> list[tuple[str, ...]]:
+    """The query words the BM25 retrievers use: rarest first, while their posting lists add up
+    to at most ``budget`` chunks (always the rarest word). An OR query reads every posting of
+    every word, so words found in a tenth of the index («archivo», "file") made a query cost
+    30 ms at 100k chunks while adding nothing to the ranking; the relevance features still
+    count every word (``_coverage``)."""
+    cost = {alts: sum(df.get(s, 0) for s in alts) for alts in alternatives}
+    chosen: list[tuple[str, ...]] = []
+    spent = 0
+    for alts in sorted(alternatives, key=lambda a: cost[a]):
+        if cost[alts] == 0:
+            continue   # in no chunk: nothing to find
+        if chosen and spent + cost[alts] > budget:
+            break
+        chosen.append(alts)
+        spent += cost[alts]
+    return chosen
+
+
+class SignMatrix:
+    """The sign bits of every chunk's vector, in memory, for the first (Hamming) KNN stage.
+
+    Why not vec0's own KNN: sqlite-vec 0.1.9 selects the k nearest of each 1024-vector chunk
+    by repeated minimum search, O(n * k): 18 ms per phrasing at 100k chunks for k = 100. A
+    popcount scan over the same bits held as 64-bit words is O(n) (~1.5 ms per phrasing at
+    100k here) and costs 64 bytes per chunk of memory (6.4 MB at 100k). The bits are read from
+    ``vec_chunks`` once per generation.
+    """
+
+    def __init__(self, ids: np.ndarray, words: np.ndarray) -> None:
+        self.ids = ids           # (n,) chunk ids
+        self.words = words       # (n_words, n) uint64, one row per 64-bit word: a fast scan
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection) -> SignMatrix:
+        rows = conn.execute("SELECT chunk_id, embedding FROM vec_chunks").fetchall()
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        return cls(ids, cls._words(b"".join(r[1] for r in rows), len(rows)))
+
+    @staticmethod
+    def _words(packed: bytes, n: int) -> np.ndarray:
+        raw = np.frombuffer(packed, np.uint8).reshape(n, -1) if n else np.zeros((0, 8), np.uint8)
+        pad = -raw.shape[1] % 8   # whole 64-bit words; zero bits never differ
+        if pad:
+            raw = np.hstack([raw, np.zeros((n, pad), np.uint8)])
+        return np.ascontiguousarray(raw.view(np.uint64).T)
+
+    def nearest(self, vectors: np.ndarray, k: int) -> list[int]:
+        """Chunk ids of the k nearest by Hamming distance, for each query vector."""
+        n = len(self.ids)
+        if n == 0:
+            return []
+        query = self._words(store.bits(vectors).tobytes(), len(vectors))
+        out: list[int] = []
+        for q in query.T:
+            dist = np.bitwise_count(self.words[0] ^ q[0]).astype(np.uint16)
+            for row, word in zip(self.words[1:], q[1:], strict=True):
+                dist += np.bitwise_count(row ^ word)
+            # the k-th smallest distance from a histogram (distances are 0..bits): cheaper
+            # than a partial sort of n values; ties at the threshold are cut by position
+            cut = int(np.searchsorted(np.cumsum(np.bincount(dist)), min(k, n)))
+            near = np.flatnonzero(dist < cut)
+            tied = np.flatnonzero(dist == cut)[:min(k, n) - len(near)]
+            out.extend(self.ids[np.concatenate([near, tied])].tolist())
+        return out
 
 
 class Searcher:
@@ -109,6 +213,7 @@ class Searcher:
         self._conn: sqlite3.Connection | None = None
         self._pointer_stat: tuple[int, int, int] | None = None
         self._n_chunks = 1
+        self._signs: SignMatrix | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -151,83 +256,96 @@ class Searcher:
             self._conn.close()
         self._conn, self._pointer_stat, self.generation = conn, key, gen
         self._n_chunks = max(1, n_chunks)
+        self._signs = None   # loaded by the first vector search of this generation
         return conn
 
     def candidates(self, query: str, vectors: np.ndarray | None, mode: Mode = "hybrid",
                    also: tuple[str, ...] = ()) -> list[Candidate]:
-        """Every chunk either retriever proposes for the question (and its other phrasings
-        ``also``, e.g. a translation), with both features. Blocking."""
+        """Every chunk a retriever proposes for the question (and its other phrasings
+        ``also``, e.g. a translation), with every feature. Blocking.
+
+        Three retrievers: BM25 over title, heading and text; BM25 over title and heading only
+        (a section whose label names the question's subject, however long its text); Hamming
+        KNN over the sign bits, once per phrasing."""
+        phrasings = [query_alternatives(text) for text in (query, *also)]
+        alternatives = query_alternatives(query, *also)
         with self._lock:
             conn = self._current()
-            alternatives = query_alternatives(query, *also)
+            df = self._df(conn, alternatives)
             ids: dict[int, None] = {}
-            if mode in ("hybrid", "fts") and (match := fts_query(alternatives)):
-                rows = conn.execute(
-                    "SELECT rowid FROM fts_chunks WHERE fts_chunks MATCH ?"
-                    " ORDER BY bm25(fts_chunks, 2.0, 1.5, 1.0) LIMIT ?",
-                    (match, LEXICAL_CANDIDATES)).fetchall()
-                ids.update((r[0], None) for r in rows)
+            if mode in ("hybrid", "fts") and (match := fts_query(bounded(alternatives, df))):
+                for expr, limit in ((match, LEXICAL_CANDIDATES),
+                                    (f"{{title heading}} : ({match})", LABEL_CANDIDATES)):
+                    rows = conn.execute(
+                        "SELECT rowid FROM fts_chunks WHERE fts_chunks MATCH ?"
+                        " ORDER BY bm25(fts_chunks, 2.0, 1.5, 1.0) LIMIT ?",
+                        (expr, limit)).fetchall()
+                    ids.update((r[0], None) for r in rows)
             qvecs = None if vectors is None else np.atleast_2d(np.asarray(vectors, np.float32))
             if mode in ("hybrid", "vector") and qvecs is not None:
-                for packed in store.bits(qvecs):
-                    rows = conn.execute(
-                        "SELECT chunk_id FROM vec_chunks WHERE embedding MATCH vec_bit(?)"
-                        " AND k = ?", (packed.tobytes(), VECTOR_CANDIDATES)).fetchall()
-                    ids.update((r[0], None) for r in rows)
+                if self._signs is None:
+                    self._signs = SignMatrix.load(conn)
+                ids.update((i, None) for i in self._signs.nearest(qvecs, VECTOR_CANDIDATES))
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
-                "SELECT c.id, c.doc_id, d.source_id, d.title, c.heading, c.text, c.lang, c.vec"
-                f" FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+                "SELECT c.id, c.doc_id, d.source_id, d.title, c.heading, c.text, c.vec,"
+                " c.terms, c.label FROM chunks c JOIN documents d ON d.id = c.doc_id"
+                f" WHERE c.id IN ({marks})",
                 list(ids)).fetchall()
-            idf = self._idf(conn, alternatives)
+            idf = self._idf(df, alternatives)
         if qvecs is not None and rows:
-            mat = np.frombuffer(b"".join(r[7] for r in rows), np.int8).reshape(len(rows), -1)
+            mat = np.frombuffer(b"".join(r[6] for r in rows), np.int8).reshape(len(rows), -1)
             mat = mat.astype(np.float32)
             mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
             cosines = (mat @ qvecs.T).max(axis=1)
         else:
             cosines = np.zeros(len(rows), np.float32)
-        total = sum(idf.values()) or 1.0
-        out = []
-        for r, cos in zip(rows, cosines, strict=True):
-            stems = set(index_terms(f"{r[3]} {r[4]} {r[5]}", r[6]).split())  # r[6]: "es"/"en"
-            covered = sum(idf[alts] for alts in alternatives if not stems.isdisjoint(alts))
-            out.append(Candidate(r[0], r[1], r[2], r[3], r[4], r[5], float(cos),
-                                 covered / total))
-        return out
+        stems = sorted({s for alts in alternatives for s in alts})
+        lexical = _coverage([r[7] for r in rows], stems, phrasings, idf)
+        label = _coverage([r[8] for r in rows], stems, phrasings, idf)
+        return [Candidate(r[0], r[1], r[2], r[3], r[4], r[5], float(cos), float(lex), float(lab))
+                for r, cos, lex, lab in zip(rows, cosines, lexical, label, strict=True)]
 
-    def _idf(self, conn: sqlite3.Connection,
+    @staticmethod
+    def _df(conn: sqlite3.Connection, alternatives: list[tuple[str, ...]]) -> dict[str, int]:
+        """How many chunks contain each stem of the query words."""
+        stems = sorted({s for alts in alternatives for s in alts})
+        if not stems:
+            return {}
+        marks = ",".join("?" * len(stems))
+        return dict(conn.execute(f"SELECT term, doc FROM fts_vocab WHERE term IN ({marks})",
+                                 stems).fetchall())
+
+    def _idf(self, df: dict[str, int],
              alternatives: list[tuple[str, ...]]) -> dict[tuple[str, ...], float]:
         """Inverse document frequency of each query word (its most frequent stem counts)."""
-        stems = sorted({s for alts in alternatives for s in alts})
-        df: dict[str, int] = {}
-        if stems:
-            marks = ",".join("?" * len(stems))
-            df = dict(conn.execute(f"SELECT term, doc FROM fts_vocab WHERE term IN ({marks})",
-                                   stems).fetchall())
         n = self._n_chunks
         return {alts: math.log(1 + n / (1 + max(df.get(s, 0) for s in alts)))
                 for alts in alternatives}
 
+
     def rank(self, candidates: list[Candidate], top_k: int, mode: Mode = "hybrid",
              floor: float | None = None) -> list[Hit]:
-        """Calibrated, floored, per-document-capped top-k of the candidates."""
+        """Calibrated, floored, per-document-capped top-k of the candidates, each text once."""
         rel = self.relevance
         floor = rel.floor if floor is None else floor
-        scored = sorted(((rel.score(c.cosine, c.lexical, mode), c) for c in candidates),
+        scored = sorted(((rel.score(c.cosine, c.lexical, c.label, mode), c) for c in candidates),
                         key=lambda sc: (-sc[0], sc[1].chunk_id))
         per_doc: dict[int, int] = {}
+        seen_texts: set[str] = set()
         hits: list[Hit] = []
         for score, c in scored:
             if score < floor or len(hits) == top_k:
                 break
-            if per_doc.get(c.doc_id, 0) >= self.max_per_document:
+            # the same passage in two documents (bash and rbash, grep and egrep) is said once
+            if per_doc.get(c.doc_id, 0) >= self.max_per_document or c.text in seen_texts:
                 continue
             per_doc[c.doc_id] = per_doc.get(c.doc_id, 0) + 1
+            seen_texts.add(c.text)
             hits.append(Hit(c.chunk_id, c.source, c.title, c.heading, c.text, score, c.cosine,
-                            c.lexical))
+                            c.lexical, c.label))
         return hits
 
     def search(self, query: str, vector: np.ndarray | None, top_k: int,

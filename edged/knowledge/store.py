@@ -44,9 +44,9 @@ import numpy as np
 import sqlite_vec
 
 from edged.knowledge.chunking import CHUNKER_VERSION, Chunk
-from edged.knowledge.text import TEXT_VERSION, index_terms
+from edged.knowledge.text import TEXT_VERSION, index_terms, term_hashes
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 POINTER = "CURRENT"
 LOCK_FILE = ".sync.lock"
 FTS_TOKENIZER = "unicode61 remove_diacritics 2"
@@ -187,7 +187,9 @@ def create_schema(conn: sqlite3.Connection, embedder: str, dims: int) -> None:
             heading TEXT NOT NULL,
             text TEXT NOT NULL,
             lang TEXT NOT NULL,
-            vec BLOB NOT NULL);
+            vec BLOB NOT NULL,
+            terms BLOB NOT NULL,
+            label BLOB NOT NULL);
         CREATE INDEX chunks_doc ON chunks(doc_id);
         CREATE VIRTUAL TABLE vec_chunks USING vec0(
             chunk_id INTEGER PRIMARY KEY,
@@ -299,17 +301,20 @@ def replace_document(conn: sqlite3.Connection, doc: DocRow, chunks: Sequence[Chu
                                  "vectors")
             packed, small = bits(vectors), int8(vectors)
             for i, chunk in enumerate(batch):
+                title = titles[chunk.lang]
+                heading = index_terms(chunk.heading, chunk.lang)
+                text = index_terms(chunk.text, chunk.lang)
                 cid = conn.execute(
-                    "INSERT INTO chunks(doc_id, ord, chunk_key, heading, text, lang, vec)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO chunks(doc_id, ord, chunk_key, heading, text, lang, vec, terms,"
+                    " label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (doc_id, chunk.ordinal, chunk.key, chunk.heading, chunk.text, chunk.lang,
-                     small[i].tobytes())).lastrowid
+                     small[i].tobytes(), term_hashes(title, heading, text),
+                     term_hashes(title, heading))).lastrowid
                 conn.execute("INSERT INTO vec_chunks(chunk_id, embedding) VALUES (?, vec_bit(?))",
                              (cid, packed[i].tobytes()))
                 conn.execute(
                     "INSERT INTO fts_chunks(rowid, title, heading, text) VALUES (?, ?, ?, ?)",
-                    (cid, titles[chunk.lang], index_terms(chunk.heading, chunk.lang),
-                     index_terms(chunk.text, chunk.lang)))
+                    (cid, title, heading, text))
 
 
 def delete_document(conn: sqlite3.Connection, source_id: str) -> None:
