@@ -23,7 +23,8 @@ from edged.knowledge.embedders import (
     Embedder,
     EmbedderError,
     GeminiEmbedder,
-    LocalEmbedder,
+    MultilingualEmbedder,
+    make_embedder,
     resolve_model_dir,
 )
 from edged.knowledge.evaluate import load_questions
@@ -373,7 +374,7 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 async def test_demo_question_finds_governance_doc_first_with_real_model(
         sample_index: Settings) -> None:
-    assert isinstance(LocalEmbedder(resolve_model_dir(None)), Embedder)
+    assert isinstance(make_embedder(sample_index), MultilingualEmbedder)   # the default
     reg = ToolRegistry(timeout_s=10)
     reg.register(make_search_tool(sample_index))
     resp = await call(reg, {"query": DEMO_QUESTION})

@@ -121,6 +121,10 @@ def test_install_dry_run_plans_everything_and_changes_nothing(tmp_path: Path) ->
         r"would run: systemctl daemon-reload",
         r"would run: systemctl enable edged.service edged-index-sync.timer",
     ]
+    if (REPO / "models" / "edged-usem3-static" / "config.json").exists():
+        # the default (multilingual) embedder goes with the code, whatever else was built
+        expected.append(r"would run: cp -rL \S+/models/edged-usem3-static( \S+)? "
+                        r"/var/lib/edged/models/")
     if not shutil.which("getent") or subprocess.run(["getent", "group", "edged"],
                                                    capture_output=True).returncode != 0:
         expected.append(r"would run: groupadd --system edged")

@@ -130,17 +130,26 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 200) -> np.ndarray:
     return w
 
 
-def _features(cands: list[Candidate], mode: Mode) -> np.ndarray:
-    cols = {"fts": [[c.lexical, c.label] for c in cands], "vector": [[c.cosine] for c in cands],
-            "hybrid": [[c.cosine, c.lexical, c.label] for c in cands]}[mode]
-    return np.array(cols, np.float64).reshape(len(cands), -1)
+# Features of the two relevance models per method (search.Relevance): the section model also
+# sees the title/heading match; the text model does not.
+SECTION_FEATURES = {"fts": ("lexical", "label"), "vector": ("cosine",),
+                    "hybrid": ("cosine", "lexical", "label")}
+TEXT_FEATURES = {"fts": ("lexical",), "vector": ("cosine",), "hybrid": ("cosine", "lexical")}
 
 
-def _relevance(w: np.ndarray, mode: Mode, floor: float) -> Relevance:
-    """The fitted weights as a Relevance (a single-method mode has zero for the others)."""
-    vec, lex, lab = {"fts": (0.0, w[1], w[2]), "vector": (w[1], 0.0, 0.0),
-                     "hybrid": (w[1], w[2], w[3])}[mode]
-    return Relevance(float(w[0]), float(vec), float(lex), float(lab), floor)
+def _features(cands: list[Candidate], names: tuple[str, ...]) -> np.ndarray:
+    return np.array([[getattr(c, n) for n in names] for c in cands],
+                    np.float64).reshape(len(cands), -1)
+
+
+def _relevance(section: np.ndarray, text: np.ndarray, mode: Mode, floor: float) -> Relevance:
+    """The fitted weights (bias first) as a Relevance; a feature a method lacks weighs 0."""
+    sw = dict(zip(SECTION_FEATURES[mode], section[1:], strict=True))
+    tw = dict(zip(TEXT_FEATURES[mode], text[1:], strict=True))
+    return Relevance(float(section[0]), float(sw.get("cosine", 0.0)),
+                     float(sw.get("lexical", 0.0)), float(sw.get("label", 0.0)),
+                     float(text[0]), float(tw.get("cosine", 0.0)), float(tw.get("lexical", 0.0)),
+                     floor)
 
 
 @dataclass
@@ -180,16 +189,18 @@ def tune(searcher: Searcher, tune_qs: list[Question], cands: dict[str, list[Cand
         for c in cands[q.id]:
             rows.append(c)
             labels.append(1.0 if q.matches(c.source, c.heading) else 0.0)
-    w = fit_logistic(_features(rows, mode), np.array(labels))
+    y = np.array(labels)
+    section = fit_logistic(_features(rows, SECTION_FEATURES[mode]), y)
+    text = fit_logistic(_features(rows, TEXT_FEATURES[mode]), y)
     best: tuple[float, float, int] | None = None
     for cap in (1, 2):
         for floor in np.arange(0.02, 0.9, 0.02):
-            rel = _relevance(w, mode, float(floor))
+            rel = _relevance(section, text, mode, float(floor))
             s = _score(tune_qs, run_tool(searcher, tune_qs, cands, mode, rel, cap, char_budget))
             if best is None or s > best[0] + 1e-9:
                 best = (s, float(floor), cap)
     assert best is not None
-    return _relevance(w, mode, round(best[1], 2)), best[2]
+    return _relevance(section, text, mode, round(best[1], 2)), best[2]
 
 
 def report(questions: list[Question], outcomes: dict[str, Outcome]) -> list[str]:
@@ -262,9 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nheld-out test half, tool given the {how}:")
             print("\n".join(report(test_qs, outcomes)))
             for mode, (rel, cap) in fitted.items():
-                print(f"  {mode:<7} fitted on tune: bias {rel.bias:.2f}, w_vector "
+                print(f"  {mode:<7} fitted on tune: section bias {rel.bias:.2f}, w_vector "
                       f"{rel.weight_vector:.2f}, w_lexical {rel.weight_lexical:.2f}, "
-                      f"w_label {rel.weight_label:.2f}, floor {rel.floor:.2f}, "
+                      f"w_label {rel.weight_label:.2f}; text bias {rel.text_bias:.2f}, "
+                      f"w_vector {rel.text_weight_vector:.2f}, w_lexical "
+                      f"{rel.text_weight_lexical:.2f}; floor {rel.floor:.2f}, "
                       f"max {cap}/document")
             if with_translation:
                 args.out.mkdir(parents=True, exist_ok=True)

@@ -26,13 +26,14 @@ one, so the daemon picks up a nightly rebuild without a restart.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,27 +51,54 @@ VECTOR_CANDIDATES = 100   # Hamming KNN oversampling before exact rescoring
 
 @dataclass(frozen=True, slots=True)
 class Relevance:
-    """The calibrated relevance model (fitted by ``make eval``; see the module docstring)."""
+    """The calibrated relevance models (fitted by ``make eval``; see the module docstring).
+
+    Two logistic models: the *section* model sees whether the passage's title and heading name
+    the question's words (the strongest single clue in documentation) and orders the passages;
+    the *text* model sees only the vector and the passage's own words, so an answer buried in
+    a section with an unrelated heading («k-anonymity» under "Anonymisation") is not dropped.
+    A passage is kept when either model puts it at or above ``floor``; its relevance is the
+    larger of the two."""
 
     bias: float
     weight_vector: float
     weight_lexical: float
     weight_label: float
+    text_bias: float
+    text_weight_vector: float
+    text_weight_lexical: float
     floor: float
 
     @classmethod
     def from_settings(cls, k: KnowledgeSettings) -> Relevance:
         return cls(k.relevance_bias, k.relevance_weight_vector, k.relevance_weight_lexical,
-                   k.relevance_weight_label, k.min_relevance)
+                   k.relevance_weight_label, k.text_relevance_bias,
+                   k.text_relevance_weight_vector, k.text_relevance_weight_lexical,
+                   k.min_relevance)
 
-    def score(self, cosine: float, lexical: float, label: float, mode: Mode = "hybrid") -> float:
-        """sigmoid(bias + w·features); a single-retriever mode uses its own features only."""
+    def section(self, cosine: float, lexical: float, label: float,
+                mode: Mode = "hybrid") -> float:
+        """The section model: sigmoid(bias + w·features), a single-retriever mode using its own
+        features only. Orders the passages."""
         z = self.bias
         if mode != "fts":
             z += self.weight_vector * cosine
         if mode != "vector":
             z += self.weight_lexical * lexical + self.weight_label * label
-        return 1.0 / (1.0 + math.exp(-z))
+        return _sigmoid(z)
+
+    def score(self, cosine: float, lexical: float, label: float, mode: Mode = "hybrid") -> float:
+        """The relevance reported and floored: the larger of the section and text models."""
+        z = self.text_bias
+        if mode != "fts":
+            z += self.text_weight_vector * cosine
+        if mode != "vector":
+            z += self.text_weight_lexical * lexical
+        return max(self.section(cosine, lexical, label, mode), _sigmoid(z))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,50 +242,88 @@ class Searcher:
         self._pointer_stat: tuple[int, int, int] | None = None
         self._n_chunks = 1
         self._signs: SignMatrix | None = None
+        self._fd: int | None = None    # the generation file, for the per-query shared flock
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
-            self._pointer_stat = None
+            self._drop()
 
-    def _current(self) -> sqlite3.Connection:
-        """The connection for the live generation, reopened when the pointer changed."""
-        pointer = self.index_dir / store.POINTER
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._fd is not None:
+            os.close(self._fd)
+        self._conn, self._fd, self._pointer_stat, self._signs = None, None, None, None
+
+    def _pointer_key(self) -> tuple[int, int, int]:
         try:
-            st = os.stat(pointer)
+            st = os.stat(self.index_dir / store.POINTER)
         except FileNotFoundError:
             raise IndexUnavailable(
                 f"no knowledge index in {self.index_dir}; build it with "
                 f"`edged-index-sync --source DIR_OR_URL --index-dir {self.index_dir}`") from None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._conn is not None and key == self._pointer_stat:
-            return self._conn
-        for attempt in range(3):   # the sync may delete the generation we just read: re-read
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _shared(self, fd: int, key: tuple[int, int, int]) -> bool:
+        """A shared flock on a generation file for one query, if it is still the live one.
+
+        The sync recycles the previous generation into the next one in place (store.py), after
+        taking an exclusive flock: this lock makes it wait for a query in flight, and a reader
+        that finds the file locked or the pointer moved reopens the live generation."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if self._pointer_key() != key:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+
+    def _unshare(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _current(self) -> sqlite3.Connection:
+        """The connection for the live generation, reopened when the pointer changed, with a
+        shared flock on its file held until ``_unshare`` (call with ``self._lock`` held)."""
+        for _ in range(3):   # the sync may replace or recycle the file we just looked at
+            key = self._pointer_key()
+            if self._conn is not None and self._fd is not None and key == self._pointer_stat:
+                if self._shared(self._fd, key):
+                    return self._conn
+                self._drop()
+                continue
             gen = store.read_pointer(self.index_dir)
             if gen is None:
                 raise IndexUnavailable(f"no knowledge index in {self.index_dir}")
+            path = store.db_path(self.index_dir, gen)
             try:
-                conn = store.connect_ro(store.db_path(self.index_dir, gen))
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            if not self._shared(fd, key):
+                os.close(fd)
+                continue
+            try:
+                conn = store.connect_ro(path)
                 meta = store.read_meta(conn)
                 n_chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-                break
-            except (IndexUnavailable, sqlite3.OperationalError):
-                if attempt == 2:
-                    raise
-        if self.embedder_name is not None and meta.get("embedder") != self.embedder_name:
-            conn.close()
-            raise IndexUnavailable(
-                f"index generation {gen} was built with embedder {meta.get('embedder')!r} but "
-                f"the daemon uses {self.embedder_name!r}; run edged-index-sync (it rebuilds)")
-        if self._conn is not None:
-            self._conn.close()
-        self._conn, self._pointer_stat, self.generation = conn, key, gen
-        self._n_chunks = max(1, n_chunks)
-        self._signs = None   # loaded by the first vector search of this generation
-        return conn
+            except (IndexUnavailable, sqlite3.Error):
+                os.close(fd)   # closing the descriptor releases its lock
+                raise
+            if self.embedder_name is not None and meta.get("embedder") != self.embedder_name:
+                conn.close()
+                os.close(fd)
+                raise IndexUnavailable(
+                    f"index generation {gen} was built with embedder {meta.get('embedder')!r} "
+                    f"but the daemon uses {self.embedder_name!r}; run edged-index-sync "
+                    "(it rebuilds)")
+            self._drop()
+            self._conn, self._fd, self._pointer_stat, self.generation = conn, fd, key, gen
+            self._n_chunks = max(1, n_chunks)
+            return conn
+        raise IndexUnavailable(f"the index in {self.index_dir} is being updated; try again")
 
     def candidates(self, query: str, vectors: np.ndarray | None, mode: Mode = "hybrid",
                    also: tuple[str, ...] = ()) -> list[Candidate]:
@@ -271,42 +337,54 @@ class Searcher:
         alternatives = query_alternatives(query, *also)
         with self._lock:
             conn = self._current()
-            df = self._df(conn, alternatives)
-            ids: dict[int, None] = {}
-            if mode in ("hybrid", "fts") and (match := fts_query(bounded(alternatives, df))):
-                for expr, limit in ((match, LEXICAL_CANDIDATES),
-                                    (f"{{title heading}} : ({match})", LABEL_CANDIDATES)):
-                    rows = conn.execute(
-                        "SELECT rowid FROM fts_chunks WHERE fts_chunks MATCH ?"
-                        " ORDER BY bm25(fts_chunks, 2.0, 1.5, 1.0) LIMIT ?",
-                        (expr, limit)).fetchall()
-                    ids.update((r[0], None) for r in rows)
-            qvecs = None if vectors is None else np.atleast_2d(np.asarray(vectors, np.float32))
-            if mode in ("hybrid", "vector") and qvecs is not None:
-                if self._signs is None:
-                    self._signs = SignMatrix.load(conn)
-                ids.update((i, None) for i in self._signs.nearest(qvecs, VECTOR_CANDIDATES))
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(
-                "SELECT c.id, c.doc_id, d.source_id, d.title, c.heading, c.text, c.vec,"
-                " c.terms, c.label FROM chunks c JOIN documents d ON d.id = c.doc_id"
-                f" WHERE c.id IN ({marks})",
-                list(ids)).fetchall()
-            idf = self._idf(df, alternatives)
-        if qvecs is not None and rows:
+            try:
+                rows, df = self._retrieve(conn, alternatives, vectors, mode)
+            finally:
+                self._unshare()
+        if not rows:
+            return []
+        qvecs = None if vectors is None else np.atleast_2d(np.asarray(vectors, np.float32))
+        if qvecs is not None:
             mat = np.frombuffer(b"".join(r[6] for r in rows), np.int8).reshape(len(rows), -1)
             mat = mat.astype(np.float32)
             mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
             cosines = (mat @ qvecs.T).max(axis=1)
         else:
             cosines = np.zeros(len(rows), np.float32)
+        idf = self._idf(df, alternatives)
         stems = sorted({s for alts in alternatives for s in alts})
         lexical = _coverage([r[7] for r in rows], stems, phrasings, idf)
         label = _coverage([r[8] for r in rows], stems, phrasings, idf)
         return [Candidate(r[0], r[1], r[2], r[3], r[4], r[5], float(cos), float(lex), float(lab))
                 for r, cos, lex, lab in zip(rows, cosines, lexical, label, strict=True)]
+
+    def _retrieve(self, conn: sqlite3.Connection, alternatives: list[tuple[str, ...]],
+                  vectors: np.ndarray | None, mode: Mode) -> tuple[list[Any], dict[str, int]]:
+        """The candidates' rows (id, doc, source, title, heading, text, vec, terms, label) and
+        the document frequency of every query stem."""
+        df = self._df(conn, alternatives)
+        ids: dict[int, None] = {}
+        if mode in ("hybrid", "fts") and (match := fts_query(bounded(alternatives, df))):
+            for expr, limit in ((match, LEXICAL_CANDIDATES),
+                                (f"{{title heading}} : ({match})", LABEL_CANDIDATES)):
+                rows = conn.execute(
+                    "SELECT rowid FROM fts_chunks WHERE fts_chunks MATCH ?"
+                    " ORDER BY bm25(fts_chunks, 2.0, 1.5, 1.0) LIMIT ?",
+                    (expr, limit)).fetchall()
+                ids.update((r[0], None) for r in rows)
+        if mode in ("hybrid", "vector") and vectors is not None:
+            if self._signs is None:
+                self._signs = SignMatrix.load(conn)
+            qvecs = np.atleast_2d(np.asarray(vectors, np.float32))
+            ids.update((i, None) for i in self._signs.nearest(qvecs, VECTOR_CANDIDATES))
+        if not ids:
+            return [], df
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(
+            "SELECT c.id, c.doc_id, d.source_id, d.title, c.heading, c.text, c.vec,"
+            " c.terms, c.label FROM chunks c JOIN documents d ON d.id = c.doc_id"
+            f" WHERE c.id IN ({marks})", list(ids)).fetchall()
+        return rows, df
 
     @staticmethod
     def _df(conn: sqlite3.Connection, alternatives: list[tuple[str, ...]]) -> dict[str, int]:
@@ -331,16 +409,18 @@ class Searcher:
         """Calibrated, floored, per-document-capped top-k of the candidates, each text once."""
         rel = self.relevance
         floor = rel.floor if floor is None else floor
-        scored = sorted(((rel.score(c.cosine, c.lexical, c.label, mode), c) for c in candidates),
-                        key=lambda sc: (-sc[0], sc[1].chunk_id))
+        ordered = sorted(candidates, key=lambda c: (-rel.section(c.cosine, c.lexical, c.label,
+                                                                 mode), c.chunk_id))
         per_doc: dict[int, int] = {}
         seen_texts: set[str] = set()
         hits: list[Hit] = []
-        for score, c in scored:
-            if score < floor or len(hits) == top_k:
+        for c in ordered:
+            if len(hits) == top_k:
                 break
+            score = rel.score(c.cosine, c.lexical, c.label, mode)
             # the same passage in two documents (bash and rbash, grep and egrep) is said once
-            if per_doc.get(c.doc_id, 0) >= self.max_per_document or c.text in seen_texts:
+            if (score < floor or per_doc.get(c.doc_id, 0) >= self.max_per_document
+                    or c.text in seen_texts):
                 continue
             per_doc[c.doc_id] = per_doc.get(c.doc_id, 0) + 1
             seen_texts.add(c.text)

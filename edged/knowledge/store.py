@@ -33,9 +33,11 @@ with an in-memory journal and no syncs; it is fsynced once, whole, before it is 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +279,34 @@ def _delete_doc_rows(conn: sqlite3.Connection, source_id: str) -> None:
     conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
 
 
+def _insert_chunk(conn: sqlite3.Connection, doc_id: int, title_terms: str, ordinal: int,
+                  key: str, heading: str, text: str, lang: str, small: bytes,
+                  packed: bytes) -> None:
+    """One chunk's rows in chunks, vec_chunks and fts_chunks (inside the caller's transaction)."""
+    heading_terms = index_terms(heading, lang)  # type: ignore[arg-type]
+    text_terms = index_terms(text, lang)  # type: ignore[arg-type]
+    cid = conn.execute(
+        "INSERT INTO chunks(doc_id, ord, chunk_key, heading, text, lang, vec, terms, label)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (doc_id, ordinal, key, heading, text, lang, small,
+         term_hashes(title_terms, heading_terms, text_terms),
+         term_hashes(title_terms, heading_terms))).lastrowid
+    conn.execute("INSERT INTO vec_chunks(chunk_id, embedding) VALUES (?, vec_bit(?))",
+                 (cid, packed))
+    conn.execute("INSERT INTO fts_chunks(rowid, title, heading, text) VALUES (?, ?, ?, ?)",
+                 (cid, title_terms, heading_terms, text_terms))
+
+
+def _insert_document(conn: sqlite3.Connection, doc: DocRow, n_chunks: int) -> int:
+    cur = conn.execute(
+        "INSERT INTO documents(source_id, title, content_hash, etag, last_modified, size,"
+        " n_chunks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (doc.source_id, doc.title, doc.content_hash, doc.etag, doc.last_modified, doc.size,
+         n_chunks))
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
 def replace_document(conn: sqlite3.Connection, doc: DocRow, chunks: Sequence[Chunk],
                      embed: Callable[[Sequence[Chunk]], np.ndarray]) -> None:
     """Delete + insert one document in ONE transaction (vec0 0.1.9 has no upsert).
@@ -286,12 +316,7 @@ def replace_document(conn: sqlite3.Connection, doc: DocRow, chunks: Sequence[Chu
     """
     with transaction(conn):
         _delete_doc_rows(conn, doc.source_id)
-        cur = conn.execute(
-            "INSERT INTO documents(source_id, title, content_hash, etag, last_modified, size,"
-            " n_chunks) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (doc.source_id, doc.title, doc.content_hash, doc.etag, doc.last_modified, doc.size,
-             len(chunks)))
-        doc_id = cur.lastrowid
+        doc_id = _insert_document(conn, doc, len(chunks))
         titles = {lang: index_terms(doc.title, lang) for lang in ("es", "en")}
         for start in range(0, len(chunks), EMBED_BATCH):
             batch = chunks[start:start + EMBED_BATCH]
@@ -301,20 +326,61 @@ def replace_document(conn: sqlite3.Connection, doc: DocRow, chunks: Sequence[Chu
                                  "vectors")
             packed, small = bits(vectors), int8(vectors)
             for i, chunk in enumerate(batch):
-                title = titles[chunk.lang]
-                heading = index_terms(chunk.heading, chunk.lang)
-                text = index_terms(chunk.text, chunk.lang)
-                cid = conn.execute(
-                    "INSERT INTO chunks(doc_id, ord, chunk_key, heading, text, lang, vec, terms,"
-                    " label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (doc_id, chunk.ordinal, chunk.key, chunk.heading, chunk.text, chunk.lang,
-                     small[i].tobytes(), term_hashes(title, heading, text),
-                     term_hashes(title, heading))).lastrowid
-                conn.execute("INSERT INTO vec_chunks(chunk_id, embedding) VALUES (?, vec_bit(?))",
-                             (cid, packed[i].tobytes()))
-                conn.execute(
-                    "INSERT INTO fts_chunks(rowid, title, heading, text) VALUES (?, ?, ?, ?)",
-                    (cid, title, heading, text))
+                _insert_chunk(conn, doc_id, titles[chunk.lang], chunk.ordinal, chunk.key,
+                              chunk.heading, chunk.text, chunk.lang, small[i].tobytes(),
+                              packed[i].tobytes())
+
+
+def copy_document(src: sqlite3.Connection, dst: sqlite3.Connection, source_id: str) -> None:
+    """Make ``dst`` hold ``src``'s version of one document (ONE transaction): rows are copied,
+    nothing is parsed or embedded; the stems for FTS5 are recomputed from the text."""
+    row = src.execute("SELECT id, title, content_hash, etag, last_modified, size, n_chunks"
+                      " FROM documents WHERE source_id = ?", (source_id,)).fetchone()
+    if row is None:
+        raise ValueError(f"{source_id}: not in the source generation")
+    src_id, title, *rest, n_chunks = row
+    chunks = src.execute("SELECT id, ord, chunk_key, heading, text, lang, vec FROM chunks"
+                         " WHERE doc_id = ? ORDER BY ord", (src_id,)).fetchall()
+    with transaction(dst):
+        _delete_doc_rows(dst, source_id)
+        doc_id = _insert_document(dst, DocRow(source_id, title, *rest), n_chunks)
+        titles = {lang: index_terms(title, lang) for lang in ("es", "en")}
+        for cid, ordinal, key, heading, text, lang, small in chunks:
+            packed = src.execute("SELECT embedding FROM vec_chunks WHERE chunk_id = ?",
+                                 (cid,)).fetchone()[0]
+            _insert_chunk(dst, doc_id, titles[lang], ordinal, key, heading, text, lang, small,
+                          packed)
+
+
+def catch_up(src: sqlite3.Connection, dst: sqlite3.Connection) -> int:
+    """Make ``dst`` (an older generation) hold exactly ``src``'s documents, copying only those
+    that differ by content hash; returns how many were copied or deleted."""
+    want = dict(src.execute("SELECT source_id, content_hash FROM documents").fetchall())
+    have = dict(dst.execute("SELECT source_id, content_hash FROM documents").fetchall())
+    gone = sorted(set(have) - set(want))
+    for source_id in gone:
+        delete_document(dst, source_id)
+    stale = sorted(sid for sid, digest in want.items() if have.get(sid) != digest)
+    for source_id in stale:
+        copy_document(src, dst, source_id)
+    with transaction(dst):
+        set_meta(dst, **dict(src.execute(
+            "SELECT key, value FROM meta WHERE key IN ('built_at', 'updated_at')").fetchall()))
+    return len(gone) + len(stale)
+
+
+def exclusive(fd: int, wait_s: float) -> bool:
+    """Take an exclusive flock on a generation file, waiting up to ``wait_s`` for readers that
+    are in the middle of a query (``Searcher`` holds a shared lock for each one)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 def delete_document(conn: sqlite3.Connection, source_id: str) -> None:

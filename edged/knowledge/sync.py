@@ -60,6 +60,7 @@ EXIT_CODES_HELP = """exit codes:
 """
 
 RECORD_FILE = "last-sync.json"
+READER_WAIT_S = 10.0   # how long a recycling run waits for a query still running on the standby
 KILL_ENV = "EDGED_SYNC_KILL_AT"   # test hook: SIGKILL this process at checkpoint N
 
 
@@ -139,13 +140,17 @@ def _remove_db_files(path: Path) -> None:
             Path(f"{path}{suffix}").unlink()
 
 
-def _cleanup(index_dir: Path, keep: int | None) -> int:
-    """Delete every generation but ``keep`` (leftovers of killed runs, superseded ones).
+def _cleanup(index_dir: Path, live: int | None, standby: bool = True) -> tuple[int, Path | None]:
+    """Delete every generation file but the live one and, if ``standby``, the newest older one
+    (the previous live generation, kept to be recycled by the next changing run); leftovers of
+    killed runs are newer than the live one and always go.
 
-    Returns the highest generation number seen, so numbers only ever grow. Deleting a file a
-    reader still has open is safe on Linux: its descriptor keeps the data until it reopens.
+    Returns the highest generation number seen (numbers only ever grow) and the standby's path.
+    Deleting a file a reader still has open is safe on Linux: its descriptor keeps the data
+    until it reopens.
     """
-    highest = keep or 0
+    highest = live or 0
+    older: dict[int, list[Path]] = {}
     for p in index_dir.iterdir():
         base = p.name.split("-wal")[0].split("-shm")[0].split("-journal")[0]
         gen = store.generation_of(Path(base))
@@ -154,10 +159,51 @@ def _cleanup(index_dir: Path, keep: int | None) -> int:
                 p.unlink()
             continue
         highest = max(highest, gen)
+        if gen != live:
+            older.setdefault(gen, []).append(p)
+    keep = max((g for g in older if live is not None and g < live), default=None) \
+        if standby else None
+    if keep is not None and older[keep] != [store.db_path(index_dir, keep)]:
+        keep = None   # a journal beside it: not a cleanly published file, do not reuse it
+    for gen, paths in older.items():
         if gen != keep:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-    return highest
+            for p in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+    return highest, (store.db_path(index_dir, keep) if keep is not None else None)
+
+
+def _recycle(standby: Path, path: Path, live: sqlite3.Connection, emb: Embedder,
+             cp: _Checkpoints) -> sqlite3.Connection | None:
+    """The next generation made from the standby (the previous live generation): renamed to
+    ``path``, then brought level with the live one by copying the documents that differ. Only
+    the last run's changes are written, never the whole index. None if the standby cannot be
+    used (built for another embedder, unreadable, or a reader still in a query on it after
+    READER_WAIT_S): the caller copies the live generation instead."""
+    fd = os.open(standby, os.O_RDONLY)
+    try:
+        if not store.exclusive(fd, READER_WAIT_S):
+            log.warning("a reader is still using %s; copying the live generation instead",
+                        standby.name)
+            return None
+        try:
+            with contextlib.closing(store.connect_ro(standby)) as probe:
+                why = store.incompatibility(store.read_meta(probe), emb.name, emb.dims)
+        except (store.IndexUnavailable, sqlite3.Error) as e:
+            why = str(e)
+        if why:
+            log.info("standby %s not reusable (%s)", standby.name, why)
+            return None
+        standby.rename(path)   # from here on a killed run leaves a leftover the next deletes
+        store.fsync_dir(path.parent)
+        cp("standby-renamed")
+        conn = store.connect_rw(path)
+        n = store.catch_up(live, conn)
+        log.info("recycled %s as %s: %d documents brought level", standby.name, path.name, n)
+        cp("standby-caught-up")
+        return conn
+    finally:
+        os.close(fd)
 
 
 def _embed_text(title: str, heading: str, text: str) -> str:
@@ -186,7 +232,7 @@ def run_sync(settings: Settings, *, source: str | None = None, index_dir: Path |
         except store.IndexUnavailable as e:
             log.warning("%s; rebuilding", e)
             current = None
-        highest = _cleanup(index_dir, current)
+        highest, standby = _cleanup(index_dir, current)
         cp("cleaned-leftovers")
         emb = embedder or make_embedder(settings)
         old = None
@@ -201,7 +247,8 @@ def run_sync(settings: Settings, *, source: str | None = None, index_dir: Path |
                     old.close()
                 old = None
         try:
-            _sync_into(settings, src, index_dir, old, current, highest, full, emb, result, cp)
+            _sync_into(settings, src, index_dir, old, current, standby, highest, full, emb,
+                       result, cp)
         finally:
             if old is not None:
                 old.close()
@@ -271,8 +318,8 @@ def _prepare(src: Source, item: Listed, plan: _Plan,
 
 
 def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Connection | None,
-               current: int | None, highest: int, full: bool, emb: Embedder,
-               result: SyncResult, cp: _Checkpoints) -> None:
+               current: int | None, standby: Path | None, highest: int, full: bool,
+               emb: Embedder, result: SyncResult, cp: _Checkpoints) -> None:
     """Stream the listing into a new generation, created only once something must change
     (documents are embedded and written one at a time: memory stays flat on a 512 MB Pi)."""
     result.previous_generation = current
@@ -293,7 +340,11 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
     def new_generation() -> sqlite3.Connection:
         if plan.reuse:
             assert old is not None
-            dst = sqlite3.connect(path)
+            recycled = _recycle(standby, path, old, emb, cp) if standby is not None else None
+            if recycled is not None:
+                cp("generation-created")
+                return recycled
+            dst = sqlite3.connect(path)   # no standby: a whole copy of the live generation
             old.backup(dst)
             dst.close()
             c = store.connect_rw(path)
@@ -359,7 +410,7 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
     store.write_pointer(index_dir, gen, cp)
     cp("published")
     result.generation = gen
-    _cleanup(index_dir, gen)
+    _cleanup(index_dir, gen, standby=plan.reuse)   # after a rebuild the old one is no use
     cp("old-generations-removed")
     with contextlib.closing(store.connect_ro(path)) as fresh:
         _fill_totals(result, fresh, path)
