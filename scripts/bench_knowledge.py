@@ -7,13 +7,19 @@ Reference in Spanish, Spanish man pages, the Python library reference; laid out 
 directories for 100k (same text, distinct documents), indexed by the real edged-index-sync code
 path with the default (multilingual) embedder:
 
-- build: chunks/s for a from-scratch build (parse + embed + insert + verify + publish),
-- query p50/p95: embed the question and its translation + hybrid search, the labelled
-  questions of `make eval` as the query set,
-- size on disk and bytes per chunk; the file size after a big document came and went,
-- bytes written (``/proc/self/io``) by a no-change sync and by a one-document change,
-- peak RSS of a process indexing one ~20 MB document.
+- build: chunks/s for a from-scratch build (parse + embed + insert + verify + publish), wall
+  clock and per CPU-second (the machine is shared: CPU time is the steadier figure),
+- query p50/p95: embed the question and its translation + hybrid search + ranking, the
+  labelled questions of `make eval` as the query set, three timed passes after a warm one,
+- size on disk, bytes per chunk, free pages left in the published file,
+- bytes written (``/proc/self/io``: wchar = what the sync asked to write, write_bytes = what
+  reached the block layer) by a no-change sync and by one-document changes: the first change
+  after a build copies the live generation (no standby yet), later ones recycle the standby,
+- peak RSS of the nightly sync as the timer runs it (the ``edged-index-sync`` command, its own
+  process), with what is resident after imports and after loading the embedder,
+- peak RSS indexing one 2 MB and one 20 MB document (is memory flat in the document size?).
 
+The load average is printed with every row: figures from a busy machine are slower.
 Run alone: .venv/bin/python scripts/bench_knowledge.py [--quick]   (--quick: no 100k)
 """
 
@@ -21,7 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -32,19 +39,27 @@ from pathlib import Path
 import numpy as np
 
 from edged.config import load_settings
+from edged.knowledge import store
 from edged.knowledge.embedders import make_embedder
 from edged.knowledge.evaluate import load_questions, prepare_corpus
 from edged.knowledge.search import Searcher
 from edged.knowledge.sync import run_sync
 
-CACHE = Path(".cache/eval-corpus")
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "eval-corpus"
+PASSES = 3
 
 
-def written() -> int:
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def io_counters() -> dict[str, int]:
+    out = {}
     for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
+        key, value = line.split(":")
+        out[key] = int(value)
+    return out
 
 
 def corpus_of(corpus: Path, dest: Path, want: int, per_doc: dict[str, int]) -> int:
@@ -62,18 +77,48 @@ def corpus_of(corpus: Path, dest: Path, want: int, per_doc: dict[str, int]) -> i
     return total
 
 
-BIG_DOC_PROBE = """
+def free_pages(idx: Path) -> int:
+    gen = store.read_pointer(idx)
+    with contextlib.closing(store.connect_ro(store.db_path(idx, gen or 0))) as conn:
+        return conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+
+# A child that reports its resident memory at each stage and its peak at the end.
+STAGES_PROBE = """
 import resource, sys
 from pathlib import Path
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+base = rss()
 from edged.config import load_settings
 from edged.knowledge.sync import run_sync
-tmp = Path(sys.argv[1])
-(tmp / "e.toml").touch()
-s = load_settings(config_path=tmp / "e.toml", override_path=tmp / "none", env={})
-s.sync.max_doc_bytes = 100_000_000
-run_sync(s, source=str(tmp / "big"), index_dir=tmp / "bigidx")
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+from edged.knowledge.embedders import make_embedder
+imports = rss()
+s = load_settings(Path(sys.argv[1]))
+emb = make_embedder(s)
+emb.encode(["hola"])
+model = rss()
+run_sync(s, embedder=emb)
+print(base, imports, model, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
+
+
+def child_peak_mb(cmd: list[str]) -> tuple[float, str]:
+    """Run a command, return its peak RSS (MB, from wait4) and its stdout."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{cmd[:3]} exited {proc.returncode}")
+    return usage.ru_maxrss / 1024, out
+
+
+def sync_config(tmp: Path, name: str, source: Path, index: Path, max_doc: int = 2_000_000) -> Path:
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(f'[knowledge]\nindex_dir = "{index}"\n[sync]\nsource = "{source}"\n'
+                   f'state_dir = "{tmp / (name + "-state")}"\nmax_doc_bytes = {max_doc}\n')
+    return cfg
 
 
 def main() -> int:
@@ -81,79 +126,110 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="skip the 100k-chunk corpus")
     args = ap.parse_args()
     corpus = prepare_corpus(CACHE)
-    with tempfile.TemporaryDirectory(prefix="edged-bench-") as tmp_s:
+    (REPO / "bench-out").mkdir(exist_ok=True)
+    # on disk, not tmpfs: the write counters must see the writes
+    with tempfile.TemporaryDirectory(prefix="knowledge-", dir=REPO / "bench-out") as tmp_s:
         tmp = Path(tmp_s)
         (tmp / "edged.toml").touch()   # defaults only: not this machine's /etc/edged
         settings = load_settings(config_path=tmp / "edged.toml", override_path=tmp / "none",
                                  env={})
         emb = make_embedder(settings)
-        # chunks per document, from one full index of the corpus
         full = run_sync(settings, source=str(corpus), index_dir=tmp / "full", embedder=emb)
         searcher = Searcher(tmp / "full")
-        conn = searcher._current()
-        per_doc = dict(conn.execute(
-            "SELECT source_id, n_chunks FROM documents ORDER BY source_id").fetchall())
+        with contextlib.closing(store.connect_ro(store.db_path(tmp / "full", 1))) as conn:
+            per_doc = dict(conn.execute(
+                "SELECT source_id, n_chunks FROM documents ORDER BY source_id").fetchall())
         searcher.close()
+        shutil.rmtree(tmp / "full")
         questions = load_questions()
         runner = asyncio.Runner()
         print(f"embedder {emb.name}; corpus {full.documents} documents, {full.chunks} chunks "
               f"of real text; {len(questions)} labelled questions as queries")
-        print(f"{'chunks':>8} {'build s':>8} {'chunks/s':>9} {'MB':>7} {'B/chunk':>8} "
-              f"{'p50 ms':>7} {'p95 ms':>7}")
+        print(f"{'chunks':>8} {'build s':>8} {'chunks/s':>9} {'per CPU-s':>9} {'MB':>7} "
+              f"{'B/chunk':>8} {'free pg':>7}  query p50 / p95 ms, {PASSES} passes")
         sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
-        last = None
+        built: dict[int, tuple[Path, Path]] = {}
         for want in sizes:
             src, idx = tmp / f"src{want}", tmp / f"idx{want}"
             corpus_of(corpus, src, want, per_doc)
-            t0 = time.perf_counter()
+            before = load()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = run_sync(settings, source=str(src), index_dir=idx, embedder=emb)
-            build = time.perf_counter() - t0
+            build, cpu = time.perf_counter() - t0, time.process_time() - c0
             searcher = Searcher(idx)
-            lat = []
-            for _ in range(2):
+            passes = []
+            for p in range(PASSES + 1):
+                lat = []
                 for q in questions:
                     t = time.perf_counter()
                     vecs = runner.run(emb.embed([q.query, q.translation], "query"))
                     searcher.search(q.query, vecs, 4, also=(q.translation,))
                     lat.append((time.perf_counter() - t) * 1000)
+                if p:   # the first pass warms the page cache and loads the sign bits
+                    passes.append((np.percentile(lat, 50), np.percentile(lat, 95)))
             searcher.close()
-            lat = lat[len(questions):]   # the first pass warms the page cache
+            spread = "  ".join(f"{a:.1f}/{b:.1f}" for a, b in passes)
             print(f"{res.chunks:>8} {build:>8.1f} {res.chunks / build:>9.0f} "
-                  f"{res.db_bytes / 1e6:>7.1f} {res.db_bytes / res.chunks:>8.0f} "
-                  f"{np.percentile(lat, 50):>7.2f} {np.percentile(lat, 95):>7.2f}", flush=True)
-            last = (src, idx, res)
+                  f"{res.chunks / cpu:>9.0f} {res.db_bytes / 1e6:>7.1f} "
+                  f"{res.db_bytes / res.chunks:>8.0f} {free_pages(idx):>7}  {spread}   "
+                  f"({before} -> {load()})", flush=True)
+            built[want] = (src, idx)
         runner.close()
-        assert last is not None
-        src, idx, res = last
-        before = written()
-        again = run_sync(settings, source=str(src), index_dir=idx, embedder=emb)
-        print(f"no-change sync of {res.documents} documents: {written() - before} bytes "
-              f"written, generation stays {again.generation}")
-        one = next(src.rglob("*.txt"))
-        one.write_text(one.read_text() + "\nUna línea nueva.\n")
-        before = written()
-        changed = run_sync(settings, source=str(src), index_dir=idx, embedder=emb)
-        print(f"one-document change: {(written() - before) / 1e6:.1f} MB written for a "
-              f"{changed.db_bytes / 1e6:.1f} MB generation (a generation is a whole new file)")
-        big = tmp / "big"
-        big.mkdir()
-        para = (corpus / "debian-reference" / "ch09.es.html").read_text()
-        reps = max(1, 20_000_000 // len(para))
-        body = para.split("<body", 1)[1]
-        (big / "big.html").write_text(para.split("<body", 1)[0] + "<body" + body * reps)
-        small_db = changed.db_bytes
-        shutil.copy(big / "big.html", src / "big.html")
-        grown = run_sync(settings, source=str(src), index_dir=idx, embedder=emb)
-        (src / "big.html").unlink()
-        shrunk = run_sync(settings, source=str(src), index_dir=idx, embedder=emb)
-        print(f"a {(big / 'big.html').stat().st_size / 1e6:.0f} MB document came and went: "
-              f"{small_db / 1e6:.1f} MB -> {grown.db_bytes / 1e6:.1f} MB -> "
-              f"{shrunk.db_bytes / 1e6:.1f} MB")
-        probe = subprocess.run([sys.executable, "-c", BIG_DOC_PROBE, str(tmp)],
-                               capture_output=True, text=True, check=True)
-        print(f"peak RSS indexing that document alone: {int(probe.stdout) / 1e3:.0f} MB "
-              f"(this process, for scale: "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB)")
+
+        src, idx = built[sizes[-1]]
+        docs = sorted(src.rglob("*.txt"))
+
+        def written(step: str, change: int | None) -> None:
+            if change is not None:
+                one = docs[change]
+                one.write_text(one.read_text() + f"\nUna línea nueva {change}.\n")
+            before = io_counters()
+            res = run_sync(settings, source=str(src), index_dir=idx, embedder=emb)
+            after = io_counters()
+            print(f"  {step}: {(after['wchar'] - before['wchar']) / 1e6:8.1f} MB asked, "
+                  f"{(after['write_bytes'] - before['write_bytes']) / 1e6:8.1f} MB to disk; "
+                  f"generation {res.generation} of {res.db_bytes / 1e6:.1f} MB, "
+                  f"{free_pages(idx)} free pages", flush=True)
+
+        print(f"bytes written per sync, {sizes[-1] // 1000}k-chunk index ({load()}):")
+        written("no change", None)
+        written("1 document changed, first change after the build (copies: no standby)", 0)
+        written("1 document changed (recycles the standby)", 1)
+        written("1 document changed (recycles the standby)", 2)
+        big = src / "big.html"
+        shutil.copyfile(corpus / "debian-reference" / "ch09.es.html", big)
+        written("a 0.4 MB document added", None)
+        big.unlink()
+        written("and removed again", None)
+
+        print(f"nightly sync memory, `edged-index-sync` as the timer runs it ({load()}):")
+        small_src = built[sizes[1]][0]
+        idx2 = tmp / "cli-idx"
+        cfg = sync_config(tmp, "cli", small_src, idx2)
+        cli = [str(Path(sys.executable).with_name("edged-index-sync")), "--config", str(cfg)]
+        peak, _ = child_peak_mb(cli)
+        print(f"  full build of {sizes[1] // 1000}k chunks: peak RSS {peak:.0f} MB")
+        one = sorted(small_src.rglob("*.txt"))[3]
+        one.write_text(one.read_text() + "\nOtra línea.\n")
+        peak, _ = child_peak_mb(cli)
+        print(f"  one document changed: peak RSS {peak:.0f} MB")
+        one.write_text(one.read_text() + "\nY otra más.\n")
+        _, out = child_peak_mb([sys.executable, "-c", STAGES_PROBE, str(cfg)])
+        base, imports, model, top = (int(x) / 1024 for x in out.split())
+        print(f"  resident: interpreter {base:.0f} MB, + imports (numpy, SQLite, sqlite-vec, "
+              f"lxml, pydantic, PyStemmer) {imports - base:.0f} MB, + multilingual embedder "
+              f"(int8 table, SentencePiece) {model - imports:.0f} MB; peak {top:.0f} MB")
+
+        print(f"one big document, indexed alone ({load()}):")
+        text = (corpus / "man-es" / "man1" / "bash.1.txt").read_text()
+        for mb in (2, 20):
+            bigdir = tmp / f"big{mb}"
+            bigdir.mkdir()
+            (bigdir / "big.txt").write_text(text * max(1, mb * 1_000_000 // len(text)))
+            cfg = sync_config(tmp, f"big{mb}", bigdir, tmp / f"big{mb}-idx", 100_000_000)
+            peak, _ = child_peak_mb([*cli[:2], str(cfg)])
+            print(f"  {(bigdir / 'big.txt').stat().st_size / 1e6:.0f} MB plain text: "
+                  f"peak RSS {peak:.0f} MB")
     return 0
 
 

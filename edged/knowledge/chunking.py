@@ -26,7 +26,7 @@ import lxml.etree
 
 from edged.knowledge.text import Lang, detect_language
 
-CHUNKER_VERSION = "2"
+CHUNKER_VERSION = "3"
 MAX_CHARS = 700       # ~120-170 words: one answerable fact, small enough for a voice snippet
 MIN_CHARS = 120       # merge tiny paragraphs into their neighbour within a section
 
@@ -338,11 +338,11 @@ def parse(source_id: str, data: bytes) -> ParsedDoc:
         trail = path[1:] if path and path[0] == title else path
         heading = " > ".join(trail)
         pieces = _pack(_paragraphs(body))
-        lang = detect_language(f"{heading}\n{body[:400]}") if pieces else "en"
-        for piece in pieces:
+        section_lang = detect_language(f"{heading}\n{body[:2000]}") if pieces else "en"
+        for piece in pieces:   # per chunk: a Spanish section may keep English paragraphs
             n = len(chunks)
             chunks.append(Chunk(_chunk_key(source_id, heading, n, piece), n, heading, piece,
-                                lang))
+                                detect_language(piece, section_lang)))
     if not chunks:
         raise DocumentError(f"{source_id}: no text to index")
     return ParsedDoc(title=title, chunks=chunks)

@@ -4,7 +4,7 @@
 (built by ``scripts/build-multilingual-embedder`` from the weights a PyPI package ships; see
 that script for why it is faithful). Spanish and English land in one space, so a Spanish
 question finds an English page and the other way round. ~0.5 ms per query, numpy +
-``tokenizers`` only. ``local``: the English model2vec model distilled from all-MiniLM-L6-v2.
+``sentencepiece`` only. ``local``: the English model2vec model distilled from all-MiniLM-L6-v2.
 
 Why one async protocol: the Gemini embedder is a network call through google-genai's
 ``client.aio.models.embed_content``; the local one is numpy work that runs in a thread. The
@@ -157,9 +157,14 @@ class MultilingualEmbedder:
         except (OSError, ValueError, KeyError) as e:
             raise EmbedderError(f"multilingual embedder model at {model_dir} is unreadable "
                                 f"({e}); rebuild it with `make embedder`") from e
-        from tokenizers import Tokenizer
+        import sentencepiece  # USE-m3's own tokenizer model: 28 MB resident, C++
 
-        self._tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        try:
+            self._tok = sentencepiece.SentencePieceProcessor(
+                model_file=str(model_dir / "sp.model"))
+        except (OSError, RuntimeError) as e:
+            raise EmbedderError(f"multilingual embedder tokenizer {model_dir / 'sp.model'} is "
+                                f"unreadable ({e}); rebuild it with `make embedder`") from e
         self.dims = int(config["dims"])
         self.name = f"usem3-static:{model_dir.name}:{digest}"
         w = self._w
@@ -181,10 +186,9 @@ class MultilingualEmbedder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         w, n = self._w, len(texts)
-        encs = self._tok.encode_batch(texts, add_special_tokens=False)
-        lens = np.array([len(e.ids) for e in encs], np.int64)
-        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), np.int64,
-                          int(lens.sum()))
+        pieces = self._tok.encode(texts)
+        lens = np.array([len(p) for p in pieces], np.int64)
+        ids = np.fromiter(itertools.chain.from_iterable(pieces), np.int64, int(lens.sum()))
         rows = self._rows[ids]
         owner = np.repeat(np.arange(n), lens)
         known = rows >= 0   # unknown (non-Latin) pieces add nothing
