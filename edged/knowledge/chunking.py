@@ -123,96 +123,128 @@ def _clean_heading(text: str) -> str:
     return " ".join(text.replace("\u00b6", " ").split()).strip(" #")
 
 
+class _Collector:
+    """(heading path, body) pairs from one stretch of an HTML page, as its events arrive."""
+
+    def __init__(self) -> None:
+        self.sections: list[tuple[list[str], str]] = []
+        self.h1 = ""
+        self.path: list[tuple[int, str]] = []
+        self.body: list[str] = []
+
+    def flush(self) -> None:
+        text = "".join(self.body)
+        if text.strip():
+            self.sections.append(([h for _, h in self.path], text))
+        self.body = []
+
+    def heading(self, level: int, raw: str) -> None:
+        text = _clean_heading(raw)
+        self.path = [(lvl, h) for lvl, h in self.path if lvl < level]
+        if text:
+            self.path.append((level, text))
+            if level == 1 and not self.h1:
+                self.h1 = text
+
+
 class _HtmlSections:
-    """(heading path, body) pairs from the main content of an HTML page (lxml, C speed).
+    """(heading path, body) pairs from the main content of an HTML page.
 
     Why main content only: navigation repeated on every page of a site ranks every page for
     the site's menu words and fills passages with "Report a Bug". Page furniture (``_SKIP_*``)
     is dropped everywhere; if the page marks its main content (``<main>``, ``<article>``,
-    ``role="main"``) only that is read.
+    ``role="main"``) only the first such element is read.
+
+    Why events, not a tree: lxml's parser (libxml2, C speed) calls ``start``/``data``/``end``
+    as it reads and builds no tree, so a page costs memory for its text only (the tree of a
+    2 MB page was ~60 MB). Text is collected twice, for the whole page and for its first main
+    element, and the main one wins if the page has one.
     """
 
     def __init__(self, data: bytes) -> None:
-        root = lxml.etree.fromstring(data, parser=_LXML_PARSER)
-        title_el = root.find(".//title")
-        junk, mains = [], []
-        for el in root.iter(tag=lxml.etree.Element):   # elements only, in document order
-            role, cls = el.get("role"), el.get("class")
-            if (el.tag in _SKIP_TAGS or role in _SKIP_ROLES
-                    or (cls and not _SKIP_CLASSES.isdisjoint(cls.split()))):
-                junk.append(el)
-            elif el.tag in ("main", "article") or role == "main":
-                mains.append(el)
-        for el in junk:
-            _drop(el)
-        mains = [el for el in mains if _attached(el, root)]
-        self.sections: list[tuple[list[str], str]] = []
-        self.h1 = ""
-        self._path: list[tuple[int, str]] = []
-        self._body: list[str] = []
-        self._visit(mains[0] if mains else root)
-        self._flush()
-        page_title = "".join(title_el.itertext()) if title_el is not None else ""
-        self.title = self.h1 or " ".join(page_title.split())
+        self.page, self.main = _Collector(), _Collector()
+        self._stack: list[str] = []   # open elements
+        self._skip = 0                # depth inside page furniture
+        self._main_depth = 0          # stack depth of the first main element, while inside it
+        self._main_seen = False
+        self._heading: tuple[int, list[str]] | None = None
+        self._title: list[str] | None = None   # the first <title>'s text, while inside it
+        self._title_text = ""
+        parser = lxml.etree.HTMLParser(target=self, encoding="utf-8", remove_comments=True,
+                                       remove_pis=True)
+        for start in range(0, len(data), 1 << 16):
+            parser.feed(data[start:start + (1 << 16)])
+        parser.close()
+        self.page.flush()
+        self.main.flush()
+        chosen = self.main if self._main_seen else self.page
+        self.sections = chosen.sections
+        self.title = chosen.h1 or " ".join(self._title_text.split())
 
-    def _flush(self) -> None:
-        text = "".join(self._body)
-        if text.strip():
-            self.sections.append(([h for _, h in self._path], text))
-        self._body = []
+    def _collectors(self) -> list[_Collector]:
+        return [self.page, self.main] if self._main_depth else [self.page]
 
-    def _visit(self, el: lxml.etree._Element) -> None:
-        tag = el.tag if isinstance(el.tag, str) else ""   # comments have a function as tag
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self._stack.append(tag)
+        if tag == "title" and self._title is None and not self._title_text:
+            self._title = []
+        role, cls = attrib.get("role"), attrib.get("class")
+        if self._skip or (tag in _SKIP_TAGS or role in _SKIP_ROLES
+                          or bool(cls and not _SKIP_CLASSES.isdisjoint(cls.split()))):
+            self._skip += 1
+            return
+        if not self._main_seen and (tag in ("main", "article") or role == "main"):
+            self._main_seen, self._main_depth = True, len(self._stack)
+        if self._heading is not None:
+            return   # markup inside a heading adds only its text
         level = _HEADINGS.get(tag)
         if level is not None:
-            self._flush()
-            text = _clean_heading("".join(el.itertext()))
-            self._path = [(lvl, h) for lvl, h in self._path if lvl < level]
-            if text:
-                self._path.append((level, text))
-                if level == 1 and not self.h1:
-                    self.h1 = text
-        elif tag:
-            if tag in _BLOCK:
-                self._body.append("\n\n" if tag in _PARAGRAPH else "\n")
-            if el.text:
-                self._body.append(el.text)
-            for child in el:
-                self._visit(child)
-            if tag in _BLOCK:
-                self._body.append("\n\n" if tag in _PARAGRAPH else "\n")
-        if el.tail:
-            self._body.append(el.tail)
+            for c in self._collectors():
+                c.flush()
+            self._heading = (level, [])
+        elif tag in _BLOCK:
+            for c in self._collectors():
+                c.body.append("\n\n" if tag in _PARAGRAPH else "\n")
+
+    def end(self, tag: str) -> None:
+        if not self._stack:
+            return
+        open_tag = self._stack.pop()
+        if open_tag == "title" and self._title is not None:
+            self._title_text, self._title = "".join(self._title) or " ", None
+        if self._skip:
+            self._skip -= 1
+            return
+        if self._heading is not None:
+            if _HEADINGS.get(open_tag) == self._heading[0]:
+                level, parts = self._heading
+                self._heading = None
+                for c in self._collectors():
+                    c.heading(level, "".join(parts))
+        elif open_tag in _BLOCK:
+            for c in self._collectors():
+                c.body.append("\n\n" if open_tag in _PARAGRAPH else "\n")
+        if len(self._stack) + 1 == self._main_depth:
+            self._main_depth = 0   # the first main element is over: the rest is page text
+
+    def data(self, text: str) -> None:
+        if self._title is not None:
+            self._title.append(text)
+        if self._skip:
+            return
+        if self._heading is not None:
+            self._heading[1].append(text)
+            return
+        for c in self._collectors():
+            c.body.append(text)
+
+    def close(self) -> None:
+        return None
 
 
-def _drop(el: lxml.etree._Element) -> None:
-    """Remove an element but keep its tail text (that belongs to the parent)."""
-    parent = el.getparent()
-    if parent is None:
-        return
-    if el.tail:
-        prev = el.getprevious()
-        if prev is not None:
-            prev.tail = (prev.tail or "") + el.tail
-        else:
-            parent.text = (parent.text or "") + el.tail
-    parent.remove(el)
-
-
-def _attached(el: lxml.etree._Element, root: lxml.etree._Element) -> bool:
-    """Still in the tree (not inside dropped furniture)."""
-    while el is not None and el is not root:
-        el = el.getparent()
-    return el is root
-
-
-_LXML_PARSER = lxml.etree.HTMLParser(encoding="utf-8", remove_comments=True,
-                                    remove_pis=True)
-
-
-def _html_sections(text: str) -> tuple[str, list[tuple[list[str], str]]]:
+def _html_sections(data: bytes) -> tuple[str, list[tuple[list[str], str]]]:
     """(title, sections) of an HTML page: its first h1 (else <title>) and its main content."""
-    page = _HtmlSections(text.encode("utf-8"))
+    page = _HtmlSections(data.removeprefix(b"\xef\xbb\xbf"))
     return page.title, page.sections
 
 
@@ -321,19 +353,22 @@ def parse(source_id: str, data: bytes) -> ParsedDoc:
     kind = kind_of(source_id)
     if kind is None:
         raise DocumentError(f"{source_id}: unsupported type (use {', '.join(sorted(KINDS))})")
-    text = decode(data, source_id)
+    text = decode(data, source_id)   # also the check that it is UTF-8 text at all
     title = ""
     if kind == "html":
-        title, sections = _html_sections(text)
+        title, sections = _html_sections(data)
     elif kind == "markdown":
         sections = _markdown_sections(text)
     else:
         title, sections = _text_sections(text)
+    del text   # from here on the text lives in the sections, each freed once chunked
     if not title:
         first = next((path[0] for path, _ in sections if path), "")
         title = first or PurePosixPath(source_id).stem.replace("-", " ").replace("_", " ")
     chunks: list[Chunk] = []
-    for path, body in sections:
+    sections.reverse()
+    while sections:
+        path, body = sections.pop()
         # The document title is the top heading; repeating it in every heading path adds noise.
         trail = path[1:] if path and path[0] == title else path
         heading = " > ".join(trail)

@@ -186,7 +186,7 @@ class MultilingualEmbedder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         w, n = self._w, len(texts)
-        pieces = self._tok.encode(texts)
+        pieces = self._tok.encode(texts, num_threads=1)   # its default spawns threads per call
         lens = np.array([len(p) for p in pieces], np.int64)
         ids = np.fromiter(itertools.chain.from_iterable(pieces), np.int64, int(lens.sum()))
         rows = self._rows[ids]

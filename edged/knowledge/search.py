@@ -45,7 +45,7 @@ from edged.knowledge.text import fts_query, query_alternatives, term_hash
 Mode = Literal["hybrid", "fts", "vector"]
 LEXICAL_CANDIDATES = 40
 LABEL_CANDIDATES = 20     # BM25 over title and heading only
-POSTINGS_BUDGET = 6000    # chunks the BM25 queries may read per question (see bounded())
+POSTINGS_BUDGET = 2000    # chunks the BM25 queries may read per question (see bounded())
 VECTOR_CANDIDATES = 100   # Hamming KNN oversampling before exact rescoring
 
 
