@@ -247,27 +247,27 @@ class KnowledgeSettings(_Section):
     char_budget: int = Field(default=1200, ge=200,
                              description="Characters of passage text per answer, shared")
     relevance_bias: float = Field(
-        default=-6.52, description="The section model, which orders passages: sigmoid(bias + "
+        default=-6.43, description="The section model, which orders passages: sigmoid(bias + "
         "w_vector * cosine + "
         "w_lexical * matched share of the question's words + w_label * matched share in the "
         "title and heading); fitted by `make eval` on its tuning half")
     relevance_weight_vector: float = Field(
-        default=3.38, description="Weight of the cosine similarity in the relevance (make eval)")
+        default=3.16, description="Weight of the cosine similarity in the relevance (make eval)")
     relevance_weight_lexical: float = Field(
-        default=0.73, description="Weight of the idf-weighted share of query words the passage "
+        default=0.98, description="Weight of the idf-weighted share of query words the passage "
         "contains (make eval)")
     relevance_weight_label: float = Field(
-        default=6.82, description="Weight of the idf-weighted share of query words in the "
+        default=6.58, description="Weight of the idf-weighted share of query words in the "
         "passage's title and section heading (make eval)")
     text_relevance_bias: float = Field(
-        default=-6.36, description="The text model, which ignores title and heading so an "
+        default=-6.35, description="The text model, which ignores title and heading so an "
         "answer under an unrelated heading still counts: sigmoid(bias + w_vector * cosine + "
         "w_lexical * matched share); a passage is kept if either model clears min_relevance "
         "(make eval)")
     text_relevance_weight_vector: float = Field(
-        default=3.72, description="Text model: weight of the cosine similarity (make eval)")
+        default=3.76, description="Text model: weight of the cosine similarity (make eval)")
     text_relevance_weight_lexical: float = Field(
-        default=4.85, description="Text model: weight of the matched share of query words "
+        default=4.84, description="Text model: weight of the matched share of query words "
         "(make eval)")
     min_relevance: float = Field(
         default=0.06, ge=0, le=1,
