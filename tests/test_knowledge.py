@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edged.config import Settings, load_settings
-from edged.knowledge import SAMPLE_KB
+from edged.knowledge import SAMPLE_KB, store
 from edged.knowledge import chunking as ch
 from edged.knowledge.embedders import (
     Embedder,
@@ -28,11 +28,11 @@ from edged.knowledge.embedders import (
     resolve_model_dir,
 )
 from edged.knowledge.evaluate import load_questions
-from edged.knowledge.search import Searcher, cite
+from edged.knowledge.search import Candidate, Relevance, Searcher, SignMatrix, bounded, cite
 from edged.knowledge.status import index_status
 from edged.knowledge.store import FTS_TOKENIZER
 from edged.knowledge.sync import run_sync, sync_and_record
-from edged.knowledge.text import fts_query, index_terms, query_alternatives
+from edged.knowledge.text import detect_language, fts_query, index_terms, query_alternatives
 from edged.knowledge.tool import make_search_tool
 from edged.tools import ToolRegistry
 from edged_testing.sim import LiveSimulator
@@ -205,6 +205,42 @@ KB = {
     "drift.md": "# Data drift\n\nMonitoring detects data drift and concept drift.\n",
     "device.txt": "The device mutes the microphone with edgectl mute.\n",
 }
+
+
+def test_language_is_told_per_chunk_by_function_words() -> None:
+    assert detect_language("¿Cómo se borra un fichero en la consola?") == "es"
+    assert detect_language("How do you delete a file from the console?") == "en"
+    assert detect_language("ls -l /etc", fallback="es") == "es"   # no evidence: the fallback
+    spanish = "Esta sección explica cómo se configura la red del sistema con los archivos de " \
+              "configuración que hay en el directorio, y qué hace cada uno de ellos. " * 5
+    english = "This paragraph was never translated, so it is still in English and it should " \
+              "be stemmed with the English rules that are used for all of the other text. " * 5
+    doc = ch.parse("red.md", f"# Red\n\n{spanish}\n\n{english}\n".encode())
+    langs = [("translated" in c.text, c.lang) for c in doc.chunks]
+    assert {lang for english, lang in langs if not english} == {"es"}
+    assert {lang for english, lang in langs if english} == {"en"}
+    # ...so the English paragraph's words are English stems: "translated" -> "translat"
+    last = doc.chunks[-1]
+    assert "translat" in index_terms(last.text, last.lang).split()
+
+
+def test_bm25_reads_the_rarest_words_within_a_postings_budget() -> None:
+    words = [("fstab",), ("archiv", "archivo"), ("sistem", "system")]
+    df = {"fstab": 12, "archiv": 900, "archivo": 0, "sistem": 3000, "system": 2500}
+    assert bounded(words, df, budget=2000) == [("fstab",), ("archiv", "archivo")]
+    assert bounded(words, df, budget=10) == [("fstab",)]          # the rarest always goes
+    assert bounded([("zzz",)], {}, budget=10) == []               # in no chunk: no query
+
+
+def test_hamming_stage_finds_the_nearest_sign_patterns() -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(3000, 64)).astype(np.float32)
+    ids = np.arange(3000) * 10
+    signs = SignMatrix(ids, SignMatrix._words(store.bits(vectors).tobytes(), 3000))
+    query = vectors[[5, 17]] + 0.05 * rng.normal(size=(2, 64)).astype(np.float32)
+    got = signs.nearest(query, 20)
+    assert len(got) == 40 and got[:20].count(50) == 1 and 170 in got[20:]
+    assert sorted(signs.nearest(query[:1], 5000)) == sorted(ids.tolist())   # k > n: all
 
 
 def build_index(tmp: Path, docs: dict[str, str | bytes] | None = None,
@@ -449,6 +485,53 @@ def test_tool_description_comes_from_config_or_index(tmp_path: Path) -> None:
     assert "recetas de cocina de la abuela" in make_search_tool(settings).description
 
 
+def test_an_answer_under_an_unrelated_heading_is_kept() -> None:
+    """The section model alone would drop a passage whose text has every question word but
+    whose heading has none; the text model keeps it, and ordering stays the section model's."""
+    rel = Relevance(-6.4, 3.2, 1.0, 6.6, -6.4, 3.8, 4.8, floor=0.06)
+    body_only = Candidate(1, 1, "privacy.md", "Privacy", "Anonymisation", "k-anonymity ...",
+                          cosine=0.13, lexical=1.0, label=0.0)
+    named = Candidate(2, 2, "k.md", "K-anonymity", "", "...", cosine=0.4, lexical=1.0,
+                      label=1.0)
+    off_topic = Candidate(3, 3, "x.md", "X", "", "...", cosine=0.1, lexical=0.3, label=0.0)
+    assert rel.section(0.13, 1.0, 0.0) < rel.floor <= rel.score(0.13, 1.0, 0.0)
+    searcher = Searcher(Path("/nonexistent"), relevance=rel, max_per_document=1)
+    hits = searcher.rank([off_topic, body_only, named], 4)
+    assert [h.source for h in hits] == ["k.md", "privacy.md"]
+    assert hits[1].score == pytest.approx(rel.score(0.13, 1.0, 0.0))
+
+
+async def test_answer_in_the_text_only_is_found_with_real_model(sample_index: Settings) -> None:
+    reg = ToolRegistry(timeout_s=10)
+    reg.register(make_search_tool(sample_index))
+    resp = await call(reg, {"query": "what is k-anonymity", "translation": "qué es el k-anonimato"})
+    assert resp["results"] and resp["results"][0]["source"] == "data-privacy.md"
+
+
+def test_section_named_by_the_question_ranks_first(tmp_path: Path) -> None:
+    shell = ("# Intérprete\n\n## Variables\n\nUna orden puede usar variables; un alias también "
+             "aparece aquí de pasada entre otras órdenes.\n\n## Alias de órdenes\n\nDefine "
+             "ll con: ll='ls -l'.\n")
+    settings, emb = build_index(tmp_path, {**KB, "shell.md": shell})
+    searcher = Searcher(settings.knowledge.index_dir, max_per_document=2)
+    q = "cómo creo un alias de una orden"
+    hits = searcher.search(q, asyncio.run(emb.embed([q], "query")), 4)
+    assert hits[0].heading == "Alias de órdenes"
+    searcher.close()
+
+
+def test_the_same_passage_in_two_documents_is_returned_once(tmp_path: Path) -> None:
+    page = "# grep\n\nBusca líneas que coinciden con un patrón en los archivos.\n"
+    settings, emb = build_index(tmp_path, {**KB, "grep.md": page, "egrep.md": page})
+    searcher = Searcher(settings.knowledge.index_dir)
+    q = "buscar un patrón en los archivos"
+    hits = searcher.search(q, asyncio.run(emb.embed([q], "query")), 4)
+    texts = [h.text for h in hits]
+    assert {"grep.md", "egrep.md"} & {h.source for h in hits}
+    assert len(texts) == len(set(texts))
+    searcher.close()
+
+
 # --- clean documents ------------------------------------------------------------------------
 
 SPHINX = b"""<!DOCTYPE html><html><head><title>os \xe2\x80\x94 Python docs</title></head><body>
@@ -483,6 +566,20 @@ def test_html_keeps_main_content_only_and_clean_headings() -> None:
     for junk in ("Report a Bug", "Show Source", "Navigation", "previous", "Copyright", "\u00b6"):
         assert junk not in text and junk not in doc.title, junk
     assert "os.remove()" in text
+
+
+def test_html_events_drop_furniture_inside_out_and_keep_what_follows_it() -> None:
+    page = ("<html><head><title>Page  title</title><style>p {}</style></head><body>"
+            "<div class='sphinxsidebar'><main><h1>Not this</h1><p>sidebar main</p></main></div>"
+            "<p>Before <span class='headerlink'>¶</span>after the dropped link.</p>"
+            "<h2>Uso <a class='headerlink' href='#x'>¶</a></h2><p>Texto <b>en</b> negrita."
+            "<nav>menu</nav> y más.</p></body></html>")
+    doc = ch.parse("p.html", page.encode())
+    assert doc.title == "Page title"                       # no h1 outside the furniture
+    text = " ".join(c.heading + " | " + c.text for c in doc.chunks)
+    assert "sidebar main" not in text and "Not this" not in text and "menu" not in text
+    assert "Before after the dropped link." in text and "Texto en negrita. y más." in text
+    assert [c.heading for c in doc.chunks][-1] == "Uso"
 
 
 def test_man_page_and_plain_text_titles_come_from_their_structure() -> None:
