@@ -145,6 +145,23 @@ def test_a_change_recycles_the_standby_and_writes_only_what_changed(tmp_path: Pa
     reader.close()
 
 
+def test_published_generations_have_no_free_pages(tmp_path: Path) -> None:
+    """A big document that came and went leaves no dead pages in the next generation."""
+    settings = make_settings(tmp_path)
+    src, idx = tmp_path / "src", settings.knowledge.index_dir
+    write_docs(src, V1)
+    emb = HashEmbedder()
+    sync_dir(settings, src, emb)
+    big = "# Big\n\n" + "\n\n".join(f"Paragraph {i} of a big document " * 20 for i in range(300))
+    write_docs(src, {"big.md": big})
+    with_big = sync_dir(settings, src, emb)
+    (src / "big.md").unlink()
+    without = sync_dir(settings, src, emb)
+    with contextlib.closing(store.connect_ro(store.db_path(idx, without.generation or 0))) as c:
+        assert c.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert without.db_bytes < with_big.db_bytes / 2
+
+
 def test_a_reader_in_a_query_on_the_standby_is_waited_for_then_copied_around(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A query still running on the standby (its shared flock) is never written under: the

@@ -139,9 +139,8 @@ def _coverage(blobs: list[bytes], stems: list[str], phrasings: list[list[tuple[s
     qh = np.array([term_hash(s) for s in stems], np.uint32)
     order = np.argsort(qh)
     qsorted = qh[order]
-    arrays = [np.frombuffer(b, np.uint32) for b in blobs]
-    flat = np.concatenate(arrays)
-    owner = np.repeat(np.arange(n), [len(a) for a in arrays])
+    flat = np.frombuffer(b"".join(blobs), np.uint32)
+    owner = np.repeat(np.arange(n), [len(b) // 4 for b in blobs])
     pos = np.minimum(np.searchsorted(qsorted, flat), len(qsorted) - 1)
     found = qsorted[pos] == flat
     has = np.zeros((n, len(stems)), np.float32)

@@ -418,7 +418,8 @@ def verify(conn: sqlite3.Connection) -> None:
 
 def compact(conn: sqlite3.Connection) -> None:
     """Give the pages freed by deleted documents back to the file system (auto_vacuum)."""
-    conn.execute("PRAGMA incremental_vacuum").fetchall()   # it frees one page per step
+    # executescript steps the pragma to the end; execute() stops after its first page
+    conn.executescript("PRAGMA incremental_vacuum")
 
 
 def fsync_file(path: Path) -> None:
