@@ -59,6 +59,13 @@ class Embedder(Protocol):
         ...
 
 
+def _digest(path: Path) -> str:
+    """The weights' identity for the index meta table, read in blocks (the nightly sync's
+    peak memory must not hold a second copy of the weights)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:12]
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
@@ -97,7 +104,7 @@ class LocalEmbedder:
         try:
             config = json.loads((model_dir / "config.json").read_text())
             weights = model_dir / "model.safetensors"
-            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+            digest = _digest(weights)
         except (OSError, ValueError) as e:
             raise EmbedderError(f"local embedder model at {model_dir} is unreadable ({e}); "
                                 "rebuild it with `make embedder`") from e
@@ -151,7 +158,7 @@ class MultilingualEmbedder:
         try:
             config = json.loads((model_dir / "config.json").read_text())
             weights = model_dir / "model.npz"
-            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+            digest = _digest(weights)
             with np.load(weights) as z:
                 self._w = {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError) as e:
