@@ -1,23 +1,26 @@
 """Hybrid retrieval: FTS5 BM25 over stems + binary-vector KNN, rescored into ONE calibrated score.
 
-Why a calibrated score instead of rank fusion: the model must be able to tell an answer from
+Why calibrated scores instead of rank fusion: the model must be able to tell an answer from
 noise. Reciprocal-rank fusion gives every query's best passage about the same score (~0.02),
 relevant or not, so an off-topic question got four confident-looking passages. Here each
-candidate from either retriever gets two features:
+candidate from any retriever gets three features:
 
 - ``cosine``: the query vector against the chunk's stored int8 vector (exact rescoring of the
-  binary KNN's candidates, and a vector score for the lexical candidates too),
+  Hamming stage's candidates, and a vector score for the lexical candidates too),
 - ``lexical``: the idf-weighted share of the question's words whose stem the chunk contains
-  (a rare word such as «fstab» counts more than «sistema»),
+  (a rare word such as «fstab» counts more than «sistema»), best over the phrasings,
+- ``label``: the same share in the chunk's title and heading («Alias de órdenes» for «cómo creo
+  un alias de una orden»),
 
-and ``relevance = sigmoid(bias + w_vector * cosine + w_lexical * lexical)``, a probability-like
-number fitted by logistic regression on the tuning half of the labelled questions (``make
-eval``). Passages below ``min_relevance`` are dropped: if none is left the tool says "nothing
-relevant". At most ``max_passages_per_document`` passages come from one document.
+and two logistic models fitted on the tuning half of the labelled questions (``make eval``; see
+:class:`Relevance`) turn them into a 0-1 relevance. Passages below ``min_relevance`` are dropped:
+if none is left the tool says "nothing relevant". At most ``max_passages_per_document``
+passages come from one document, and the same text only once.
 
-Speed: the lexical query is bounded (at most 12 words per phrasing, exact stems, no prefix
-queries) and the vector KNN scans 64-byte sign-bit vectors (Hamming) for 100 candidates before
-the exact int8 rescoring, so a query stays in milliseconds at 100k chunks (``make bench``).
+Speed: the lexical queries are bounded (rarest words first, up to a postings budget; exact
+stems, no prefix queries), the Hamming stage is a popcount scan over 64-byte sign-bit vectors
+held in memory, and the word features are numpy lookups in hashes stored per chunk, so a query
+stays in milliseconds at 100k chunks (``make bench``).
 
 The searcher follows the generation pointer: before each query it stats ``CURRENT`` (one
 syscall) and, if the sync published a new generation, opens it read-only and closes the old

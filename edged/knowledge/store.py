@@ -3,14 +3,18 @@
 Layout of ``index_dir``::
 
     CURRENT              the live generation number, replaced atomically (tmp+fsync+rename)
-    index-000007.db      generation 7 (WAL mode while it is being built)
+    index-000007.db      generation 7, live
+    index-000006.db      generation 6, the standby: the previous live one, recycled next
     .sync.lock           held by the one running edged-index-sync
 
-Why generations: a published generation is never written again. The sync builds the next one
-beside it (copy via the SQLite backup API, then incremental transactions, or from scratch on a
-rebuild), verifies it, and only then flips ``CURRENT``. A reader therefore always sees a whole
-index - old or new - whatever point a sync is killed at, and no DB is ever renamed over one
-that is open (edge_ops.md §4).
+Why generations: the live generation is never written. The sync makes the next one beside it
+(normally by renaming the standby and bringing it level with :func:`catch_up`, else a copy via
+the SQLite backup API, or from scratch on a rebuild), applies its changes, verifies it, and only
+then flips ``CURRENT``. A reader therefore always sees a whole index - old or new - whatever
+point a sync is killed at, and no DB is ever renamed over one that is open. Readers hold a
+shared flock on the file for each query; the sync takes an exclusive one (:func:`exclusive`)
+before it touches the standby, so a query still running on it is never written under.
+Recycling writes only the documents that changed in the last two runs, not the whole file.
 
 Lexical side: a contentless FTS5 table over the chunk's Snowball stems in its own language
 (``text.index_terms``), tokenized ``unicode61 remove_diacritics 2`` (case and accent folding).
@@ -19,14 +23,19 @@ A contentless row is deleted by re-sending its indexed values, recomputed from `
 same code (the stemmer version is in the meta table, so a stemmer change rebuilds instead).
 
 Vector side: each vector twice, small. ``vec_chunks`` (vec0) holds its sign bits (``bit[dims]``,
-64 bytes for 512 dims) for a fast Hamming KNN that only picks candidates; ``chunks.vec`` holds
+64 bytes for 512 dims) for a fast Hamming stage that only picks candidates (search.SignMatrix
+scans them in memory); ``chunks.vec`` holds
 it as int8 (one byte per dimension, scaled to the largest component: cosine does not care) for
 exact rescoring of those candidates. float32 vectors at 100k chunks were 200 MB and a 150 ms
 brute-force scan.
 
+Word features: ``chunks.terms`` / ``chunks.label`` hold the sorted hashes of the stems of the
+whole chunk / of its title and heading (``text.term_hashes``), read by the search instead of
+stemming candidate passages again.
+
 Compact generations: ``auto_vacuum = INCREMENTAL`` and an ``incremental_vacuum`` before a
-generation is verified, so pages freed by deleted documents leave the file instead of being
-copied into every later generation. A generation being built is unpublished, so it is written
+generation is verified, so pages freed by deleted documents leave the file instead of staying
+in every later generation. A generation being built is unpublished, so it is written
 with an in-memory journal and no syncs; it is fsynced once, whole, before it is published.
 """
 

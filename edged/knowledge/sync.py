@@ -1,13 +1,15 @@
 """edged-index-sync: bring the knowledge index up to date with its source, crash-safely.
 
-Run nightly by a systemd timer and by hand. Every run that changes anything builds a NEW
-generation (``index-<gen>.db``) beside the live one - a copy through the SQLite backup API for an
-incremental run, an empty DB for a rebuild - applies the changes (each document's delete+insert
-in one transaction), verifies it (integrity_check, meta, row counts, a test KNN and FTS query),
-checkpoints and fsyncs it, and only then flips the ``CURRENT`` pointer (tmp + fsync + rename +
-fsync dir). The daemon's searcher notices the pointer change before its next query. A run killed
-at any point leaves ``CURRENT`` naming a complete, verified generation; the next run deletes the
-leftovers. A run with nothing to change writes nothing but its result record.
+Run nightly by a systemd timer and by hand. Every run that changes anything makes a NEW
+generation (``index-<gen>.db``) beside the live one - the standby (the previous live generation)
+renamed and brought level with the live one, or a copy through the SQLite backup API when there
+is no usable standby, or an empty DB for a rebuild - applies the changes (each document's
+delete+insert in one transaction), compacts and verifies it (integrity_check, meta, row counts, a
+test KNN and FTS query), fsyncs it, and only then flips the ``CURRENT`` pointer (tmp + fsync +
+rename + fsync dir). The old live generation becomes the standby. The daemon's searcher
+notices the pointer change before its next query. A run killed at any point leaves ``CURRENT``
+naming a complete, verified generation; the next run deletes the leftovers. A run with nothing
+to change writes nothing but its result record.
 
 Incremental by content hash: unchanged documents are neither parsed nor embedded. An embedder,
 chunker, tokenizer or schema change (meta mismatch) or ``--full`` rebuilds from scratch.
