@@ -198,12 +198,16 @@ class SignMatrix:
 
     @classmethod
     def load(cls, conn: sqlite3.Connection) -> SignMatrix:
-        rows = conn.execute("SELECT chunk_id, embedding FROM vec_chunks").fetchall()
-        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        return cls(ids, cls._words(b"".join(r[1] for r in rows), len(rows)))
+        """Read the bits row by row (no list of 100k row tuples: the daemon's memory)."""
+        ids: list[int] = []
+        packed = bytearray()
+        for chunk_id, bits in conn.execute("SELECT chunk_id, embedding FROM vec_chunks"):
+            ids.append(chunk_id)
+            packed += bits
+        return cls(np.array(ids, np.int64), cls._words(packed, len(ids)))
 
     @staticmethod
-    def _words(packed: bytes, n: int) -> np.ndarray:
+    def _words(packed: bytes | bytearray, n: int) -> np.ndarray:
         raw = np.frombuffer(packed, np.uint8).reshape(n, -1) if n else np.zeros((0, 8), np.uint8)
         pad = -raw.shape[1] % 8   # whole 64-bit words; zero bits never differ
         if pad:
