@@ -33,7 +33,17 @@ DEFAULT_SYSTEM_INSTRUCTION = (
     "Eres edged, un asistente de voz amable que vive en un pequeño dispositivo que el usuario "
     "lleva consigo. Responde de forma breve y natural, en el idioma en que te hablen (sobre todo "
     "español). Cuando la pregunta trate de temas de la base de conocimiento, usa la herramienta "
-    "search_knowledge y cita la fuente por su título."
+    "search_knowledge y cita la fuente por su título. "
+    "Si tienes la herramienta look (la cámara de las gafas), llámala cada vez que para responder "
+    "necesites ver lo que el usuario tiene delante, por ejemplo «¿qué tengo delante?», «léeme "
+    "este cartel» o «¿cuánto cuesta esto?»: toma una foto nueva y te llega como imagen. Si look "
+    "devuelve un error, di en una frase por qué no puedes ver (no hay cámara, está ocupada, el "
+    "dispositivo está silenciado por privacidad) y nunca describas una imagen que no has "
+    "recibido. "
+    "In English: if you have the look tool (the camera on the user's glasses), call it whenever "
+    "answering needs to see what is in front of the user, e.g. \"what am I looking at?\", \"read "
+    "this sign\" or \"how much is this?\"; if it returns an error, say in one sentence why you "
+    "cannot see, and never describe an image you did not receive."
 )
 
 
@@ -215,16 +225,52 @@ class EchoSettings(_Section):
 
 
 class CameraSettings(_Section):
-    """Pi camera stills (picamera2 from apt); off unless enabled."""
+    """Camera stills for the model (docs/camera.md): the look tool and automatic stills.
 
-    enabled: bool = Field(default=False, description="Use the Pi camera")
-    width: int = Field(default=768, ge=64, description="Still width in pixels")
-    height: int = Field(default=768, ge=64, description="Still height in pixels")
+    Off by default. ``enabled = false`` is the privacy switch: the camera device is never
+    opened, the look tool is not offered and nothing is captured."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Use the camera (privacy switch: false = never opened, no look tool)")
+    index: int = Field(
+        default=0, ge=0,
+        description="picamera2 camera number: CSI cameras first, then USB (UVC) webcams")
+    width: int = Field(
+        default=768, ge=64, le=4096,
+        description="Still width in pixels (768x768 is the Live API's native frame size)")
+    height: int = Field(default=768, ge=64, le=4096, description="Still height in pixels")
     jpeg_quality: int = Field(default=75, ge=10, le=95, description="JPEG quality of stills")
-    on_speech_start: bool = Field(
-        default=False, description="Send one still to the model when the user starts talking")
+    media_resolution: Literal["low", "medium", "high"] = Field(
+        default="medium",
+        description="How many tokens the model spends per still (gemini media_resolution): "
+        "low 64, medium 256, high 256 zoomed (docs/camera.md)")
+    send_on: Literal["tool", "wake", "speech_start"] = Field(
+        default="tool",
+        description="tool: a still only when the model calls look; wake: also one when the "
+        "wake word fires; speech_start: also one as each spoken turn starts")
     min_interval_s: float = Field(
-        default=5.0, ge=1.0, description="At most one still per this many seconds")
+        default=1.0, ge=1.0, le=3600,
+        description="At most one still per this many seconds (the Live API takes 1 frame/s)")
+    idle_stop_s: float = Field(
+        default=30.0, ge=0,
+        description="Stop streaming this long after the last still (power, privacy); "
+        "0 keeps the camera streaming")
+    capture_timeout_s: float = Field(
+        default=5.0, gt=0, le=60,
+        description="A capture not done within this counts as a camera failure (reopened)")
+    retry_base_s: float = Field(
+        default=1.0, gt=0, description="First retry delay after the camera failed to open")
+    retry_cap_s: float = Field(
+        default=60.0, gt=0, description="Longest retry delay for a missing camera")
+
+    @model_validator(mode="after")
+    def _check(self) -> CameraSettings:
+        if self.width % 2 or self.height % 2:
+            raise ValueError("width and height must be even (libcamera refuses odd sizes)")
+        if self.retry_cap_s < self.retry_base_s:
+            raise ValueError("retry_cap_s must be >= retry_base_s")
+        return self
 
 
 class KnowledgeSettings(_Section):

@@ -15,6 +15,7 @@ Colour is used only when stdout is a terminal and ``NO_COLOR`` is unset.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -72,6 +73,18 @@ def _device_line(dev: Any) -> str:
     return line
 
 
+def _camera_line(cam: dict[str, Any]) -> str:
+    line = str(cam.get("state", "-"))
+    if cam.get("enabled"):
+        line += (f" · {cam.get('device', '?')} · {cam.get('size', '?')} · send_on "
+                 f"{cam.get('send_on', '?')}")
+        stills = cam.get("stills") or {}
+        line += " · stills " + " ".join(f"{k} {v}" for k, v in stills.items() if v)
+    if cam.get("detail"):
+        line += f" · error: {cam['detail']}"
+    return line.rstrip()
+
+
 def _short(text: Any, n: int = 48) -> str:
     t = " ".join(str(text or "").split())
     return t if len(t) <= n else t[:n - 1] + "…"
@@ -105,8 +118,7 @@ def format_status(st: Status, style: _Style) -> str:
     row("audio out", _device_line(audio.get("playback")))
     vad = audio.get("vad")
     row("VAD", _kv(vad, *vad.keys()) if isinstance(vad, dict) else "-")
-    cam = st.get("camera") or {}
-    row("camera", cam.get("state", "-") + (f" ({cam['detail']})" if cam.get("detail") else ""))
+    row("camera", _camera_line(st.get("camera") or {}))
     idx = st.get("index") or {}
     iline = f"gen {idx.get('generation', '-')}"
     iline += "".join(f" · {k} {idx[k]}" for k in ("documents", "chunks", "db_bytes")
@@ -228,6 +240,20 @@ def _cmd_events(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_look(a: argparse.Namespace) -> int:
+    r = _client(a).look()
+    jpeg = base64.b64decode(r["jpeg_base64"])
+    out = a.output or Path(f"edged-look-{time.strftime('%Y%m%d-%H%M%S')}.jpg")
+    out.write_bytes(jpeg)
+    info = {k: v for k, v in r.items() if k != "jpeg_base64"}
+    if a.json:
+        print(json.dumps({**info, "file": str(out)}, ensure_ascii=False))
+    else:
+        print(f"saved {out} ({r.get('width')}x{r.get('height')}, {len(jpeg)} bytes, "
+              f"captured in {r.get('capture_ms')} ms); not sent to the model")
+    return EXIT_OK
+
+
 def _cmd_feedback(a: argparse.Namespace) -> int:
     r = _client(a).feedback(a.rating, " ".join(a.note))
     if a.json:
@@ -263,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("text", nargs="+")
     add("events", _cmd_events, "stream state changes and turns (JSON lines with --json)")
     add("metrics", _cmd_metrics, "Prometheus metrics text")
+    sp = add("look", _cmd_look, "take a still and save it here to check the framing (not sent "
+             "to the model)")
+    sp.add_argument("-o", "--output", type=Path, help="file to write (default "
+                    "edged-look-YYYYmmdd-HHMMSS.jpg in the current directory)")
     sp = add("feedback", _cmd_feedback, "rate the last turn: good|bad [note]")
     sp.add_argument("rating", choices=["good", "bad"])
     sp.add_argument("note", nargs="*")

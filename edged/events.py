@@ -43,10 +43,15 @@ def _ms(a: float | None, b: float | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class AudioFrame:
-    """One capture period of 16 kHz mono S16_LE from the microphone."""
+    """One capture period of 16 kHz mono S16_LE from the microphone.
+
+    ``fresh``: the first period after the device was (re)opened - what came before it is not
+    continuous with it (a turn in progress is over, the gate warms up again).
+    """
 
     pcm: bytes
     t: float = field(default_factory=now)
+    fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,7 @@ class SpeechEnded:
     """End of the user turn (silence, or the maximum turn length was reached)."""
 
     t: float = field(default_factory=now)
-    reason: Literal["silence", "max_length", "muted"] = "silence"
+    reason: Literal["silence", "max_length", "muted", "device"] = "silence"
 
 
 SpeechEvent = SpeechStarted | SpeechAudio | SpeechEnded
@@ -315,10 +320,10 @@ class WakeWordDetected(Event):
 
 @dataclass(frozen=True, slots=True)
 class DeviceChanged(Event):
-    """A sound device opened, failed or is being retried (``edgectl status``'s audio rows)."""
+    """A device (microphone, speaker, camera) opened, failed or is being retried."""
 
     type: ClassVar[str] = "device"
-    role: Literal["capture", "playback"]
+    role: Literal["capture", "playback", "camera"]
     device: str
     state: str                      # stopped | opening | running | retrying
     error: str | None = None
@@ -327,6 +332,36 @@ class DeviceChanged(Event):
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "role": self.role, "device": self.device,
                 "state": self.state, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class CameraStill(Event):
+    """A still was asked for: sent to the model, saved for ``edgectl look``, or refused.
+
+    ``reason`` is what asked (``tool``, ``wake``, ``speech_start``, ``edgectl``); ``outcome``
+    is ``sent``, ``saved``, ``refused`` (muted, rate limit, disabled, busy, absent) or
+    ``failed`` (the camera or the link failed); ``detail`` says why for the last two.
+    """
+
+    type: ClassVar[str] = "still"
+    reason: str
+    outcome: Literal["sent", "saved", "refused", "failed"]
+    bytes: int = 0
+    width: int | None = None
+    height: int | None = None
+    capture_ms: float | None = None
+    detail: str = ""
+    t: float = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "reason": self.reason,
+                               "outcome": self.outcome}
+        if self.bytes:
+            out.update(bytes=self.bytes, size=f"{self.width}x{self.height}",
+                       capture_ms=self.capture_ms)
+        if self.detail:
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass(slots=True)
@@ -485,5 +520,5 @@ class LiveLink(Protocol):
     async def send_activity_start(self) -> None: ...
     async def send_activity_end(self) -> None: ...
     async def send_audio(self, pcm16k: bytes) -> None: ...
-    async def send_image(self, jpeg: bytes) -> None: ...
+    async def send_image(self, jpeg: bytes) -> bool: ...
     async def send_text(self, text: str) -> None: ...

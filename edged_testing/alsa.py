@@ -42,6 +42,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edged.formats import CAPTURE_RATE, REPLY_RATE
 
 _F_SETPIPE_SZ = 1031
@@ -158,6 +160,7 @@ class PacedSource:
         self.rate = rate
         self.speed = speed
         self.chunk = rate * period_ms // 1000 * 2
+        self.room: Room | None = None     # echo of the speaker + noise bed, mixed in if set
         with contextlib.suppress(FileNotFoundError):
             fifo.unlink()
         os.mkfifo(fifo)
@@ -204,6 +207,9 @@ class PacedSource:
         deadline = time.monotonic()
         while not self._stop.is_set():
             chunk = self._next_chunk()
+            room = self.room
+            if room is not None:
+                chunk = room.add_to(chunk, time.monotonic())
             try:
                 os.write(self._fd, chunk)
             except BlockingIOError:
@@ -222,6 +228,85 @@ class PacedSource:
         self._thread.join(timeout=2)
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+class Room:
+    """What a microphone hears besides the person: the device's own speaker and a noise bed.
+
+    The speaker's sound comes back ``echo_delay_ms`` later through a simple room response (a
+    direct path plus an exponentially decaying reverberant tail, ``rt60_s``), ``echo_gain_db``
+    relative to what the speaker played; the noise bed (any 16 kHz clip, looped) is added at its
+    own level. The echo is rebuilt from what the :class:`PacedSink` actually consumed and when
+    (its marks share CLOCK_MONOTONIC with this process), so it follows flushes, gaps and
+    barge-ins exactly as a real room would. Used by the pacer thread of a :class:`PacedSource`
+    (``source.room = Room(...)``); change ``echo_gain_db`` or ``noise`` at any time.
+    """
+
+    def __init__(self, speaker: PacedSink | None = None, *, echo_gain_db: float = -20.0,
+                 echo_delay_ms: float = 5.0, rt60_s: float = 0.25, noise: bytes = b"",
+                 seed: int = 0) -> None:
+        self.speaker = speaker
+        self.echo_gain_db = echo_gain_db
+        self.echo_delay_s = echo_delay_ms / 1000
+        self.noise = noise
+        rng = np.random.default_rng(seed)
+        n = int(rt60_s * CAPTURE_RATE)
+        k = np.arange(n)
+        tail = rng.standard_normal(n) * np.exp(-6.9 * k / max(1, n)) * 0.25
+        tail[0] = 1.0                                        # the direct path
+        self._ir = tail
+        self._overlap = np.zeros(n - 1)
+        self._noise_pos = 0
+        self._marks_seen = 0
+        self._bytes_seen = 0
+        self._segments: deque[tuple[float, np.ndarray]] = deque()   # (wall start, 24 kHz)
+
+    def add_to(self, chunk: bytes, now: float) -> bytes:
+        """``chunk`` (16 kHz S16_LE, the period being "recorded" now) plus echo and noise."""
+        x = np.frombuffer(chunk, dtype="<i2").astype(np.float64)
+        n = len(x)
+        speed = self.speaker.speed if self.speaker is not None else 1.0
+        if self.speaker is not None:
+            start = now - n / CAPTURE_RATE / speed - self.echo_delay_s / speed
+            dry = self._played(start, n, speed)
+            wet = np.convolve(dry, self._ir)
+            wet[:len(self._overlap)] += self._overlap
+            self._overlap = wet[n:].copy()
+            x += wet[:n] * 10 ** (self.echo_gain_db / 20)
+        if self.noise:
+            bed = np.frombuffer(self.noise, dtype="<i2").astype(np.float64)
+            idx = (self._noise_pos + np.arange(n)) % len(bed)
+            self._noise_pos = int((self._noise_pos + n) % len(bed))
+            x += bed[idx]
+        return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+
+    def _played(self, start: float, n: int, speed: float) -> np.ndarray:
+        """The speaker's output resampled to 16 kHz for the wall-clock window that begins at
+        ``start`` and lasts ``n`` capture samples (zeros where nothing played)."""
+        assert self.speaker is not None
+        marks = self.speaker.marks_list(self._marks_seen)
+        if marks:
+            with self.speaker.out.open("rb") as f:
+                f.seek(self._bytes_seen)
+                raw = f.read(marks[-1][1] - self._bytes_seen)
+            base = self._bytes_seen
+            for t, total in marks:
+                seg = np.frombuffer(raw[self._bytes_seen - base:total - base], dtype="<i2")
+                self._segments.append((t, seg.astype(np.float64)))
+                self._bytes_seen = total
+            self._marks_seen += len(marks)
+        while self._segments and self._segments[0][0] < start - 2.0:
+            self._segments.popleft()
+        times = start + np.arange(n) / CAPTURE_RATE / speed
+        out = np.zeros(n)
+        for t0, seg in self._segments:
+            t1 = t0 + len(seg) / REPLY_RATE / speed
+            if t1 <= times[0] or t0 >= times[-1] or not len(seg):
+                continue
+            inside = (times >= t0) & (times < t1)
+            pos = (times[inside] - t0) * REPLY_RATE * speed
+            out[inside] = np.interp(pos, np.arange(len(seg)), seg)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +341,7 @@ class PacedSink:
     def __init__(self, fifo: Path, speed: float, rate: int) -> None:
         self.fifo = fifo
         self.rate = rate
+        self.speed = speed
         self.out = fifo.with_suffix(".raw")
         self.marks = fifo.with_suffix(".marks")
         with contextlib.suppress(FileNotFoundError):
@@ -277,9 +363,11 @@ class PacedSink:
     def data(self) -> bytes:
         return self.out.read_bytes()
 
-    def marks_list(self) -> list[tuple[float, int]]:
-        """Every read so far: (monotonic time, total bytes consumed), in order."""
-        raw = self.marks.read_bytes()
+    def marks_list(self, start: int = 0) -> list[tuple[float, int]]:
+        """Every read from the ``start``-th on: (monotonic time, total bytes consumed)."""
+        with self.marks.open("rb") as f:
+            f.seek(start * _MARK.size)
+            raw = f.read()
         n = len(raw) // _MARK.size
         return [_MARK.unpack_from(raw, i * _MARK.size) for i in range(n)]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from edged.audio.voice import VoiceLoop
 from edged.config import Settings
-from edged.events import LIVE_EVENTS, LiveEvent, TurnFinished, TurnRecord
+from edged.events import LIVE_EVENTS, EventBus, LiveEvent, TurnFinished, TurnRecord
 from edged.live.session import LiveSession
 from edged.tools import Tool, ToolRegistry
 from edged_testing.alsa import PacedSink, PacedSource, VirtualAlsa
@@ -86,8 +86,11 @@ def rig_settings_data(sim: LiveSimulator, mode: str = "local",
 @contextlib.asynccontextmanager
 async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: str = "local",
                     speed: float = 1.0, extra: dict[str, Any] | None = None,
-                    tools: list[Tool] | None = None) -> AsyncIterator[VoiceRig]:
-    """Start everything; yields once the Live session is connected and capture is running."""
+                    tools: list[Tool] | None = None,
+                    bus: EventBus | None = None) -> AsyncIterator[VoiceRig]:
+    """Start everything; yields once the Live session is connected and capture is running.
+    ``bus``: the event bus to use (a component made before the rig, e.g. the camera, is on
+    it already)."""
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     va = VirtualAlsa(directory)
     try:
@@ -100,7 +103,7 @@ async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: 
             registry = ToolRegistry(settings.tools.timeout_s)
             for tool in tools or []:
                 registry.register(tool)
-            live = LiveSession(settings, registry)
+            live = LiveSession(settings, registry, bus)
             voice = VoiceLoop(settings, live, live.bus)
             rig = VoiceRig(va, mic, speaker, sim, settings, live, voice,
                            live.bus.subscribe(*LIVE_EVENTS), live.bus.subscribe(TurnFinished))

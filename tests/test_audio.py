@@ -70,6 +70,7 @@ async def test_capture_reads_the_device_exactly(va: VirtualAlsa, tmp_path: Path,
         frames = await asyncio.wait_for(take(cap, 1000 // period_ms), 10)
     assert all(len(f.pcm) == 32 * period_ms for f in frames)
     assert b"".join(f.pcm for f in frames) == data[:len(frames) * 32 * period_ms]
+    assert [f.fresh for f in frames[:3]] == [True, False, False]   # only the first after open
     st = cap.status()
     assert st["state"] == "stopped" and st["frames"] >= len(frames) and st["error"] is None
 
@@ -97,7 +98,7 @@ async def test_capture_recovers_when_its_file_comes_back(va: VirtualAlsa, tmp_pa
         assert "mic" in (cap.status()["error"] or "")
         infile.write_bytes(ramp(0.5))
         frames = await asyncio.wait_for(take(cap, 5), 10)
-    assert frames[0].pcm == ramp(0.5)[:640]
+    assert frames[0].pcm == ramp(0.5)[:640] and frames[0].fresh
 
 
 async def test_playback_plays_reply_exactly_and_reports(va: VirtualAlsa, tmp_path: Path) -> None:

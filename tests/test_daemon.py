@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
+from edged.camera.jpeg import jpeg_size
 from edged_testing.alsa import VirtualAlsa
+from edged_testing.camera import STUBS_DIR
 from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +168,8 @@ async def sim() -> AsyncIterator[LiveSimulator]:
 
 
 async def start_daemon(tmp: Path, sim: LiveSimulator, index_dirs: Path,
-                       devices: bool = True, **overrides: str) -> tuple[Daemon, VirtualAlsa]:
+                       devices: bool = True, env_extra: dict[str, str] | None = None,
+                       **overrides: str) -> tuple[Daemon, VirtualAlsa]:
     for d in ("index", "sync"):
         if not (tmp / d).exists():
             (tmp / d).symlink_to(index_dirs / d)
@@ -182,6 +185,7 @@ async def start_daemon(tmp: Path, sim: LiveSimulator, index_dirs: Path,
            if k not in ("JOURNAL_STREAM", "INVOCATION_ID", "GEMINI_API_KEY", "WATCHDOG_PID")}
     env.update(alsa.env(), NOTIFY_SOCKET=str(tmp / "notify.sock"),
                WATCHDOG_USEC=str(WATCHDOG_USEC), EDGED_DEBUG_HOOKS="1", PYTHONUNBUFFERED="1")
+    env.update(env_extra or {})
     stderr_file = tmp / "daemon.stderr"
     with stderr_file.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
@@ -387,10 +391,11 @@ async def test_degraded_without_devices_events_and_mute(
         await d.notify.wait_for(_is("READY=1"))
         st = await d.wait_status(
             lambda s: s["audio"]["capture"]["state"] == "retrying"
-            and s["session"]["state"] == "ready")
+            and s["session"]["state"] == "ready" and s["camera"]["state"] == "retrying")
         assert st["health"] == "degraded"
         assert any(p.startswith("capture: ") for p in st["problems"])
-        assert any(p.startswith("camera: picamera2 is not installed") for p in st["problems"])
+        assert any(p.startswith("camera: ") and "picamera2 is not installed" in p
+                   for p in st["problems"])
         rc, out, _ = await d.edgectl("status")
         assert rc == 1
         assert out.splitlines()[0].startswith("edged: degraded (")
@@ -426,6 +431,58 @@ async def test_degraded_without_devices_events_and_mute(
         assert after["id"] == "after" and after["result"]["health"] == "degraded"
         writer.close()
         assert (await d.status())["muted"] is True
+        assert await stop(d, alsa) == 0
+    finally:
+        await stop(d, alsa)
+
+
+async def test_camera_look_tool_edgectl_look_and_mute(
+        tmp_path: Path, sim: LiveSimulator, index_dirs: Path) -> None:
+    """The camera in the real daemon (picamera2 replaced by the stand-in module on
+    PYTHONPATH): ``edgectl look`` saves a still and sends nothing; a spoken-style question makes
+    the model call look and the still reaches the wire between the call and its response;
+    muted, both are refused and the model says why."""
+    stubs = str(STUBS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    d, alsa = await start_daemon(tmp_path, sim, index_dirs, env_extra={"PYTHONPATH": stubs},
+                                 camera__enabled="true")
+    try:
+        await d.notify.wait_for(_is("READY=1"))
+        st = await d.wait_status(lambda s: s["camera"]["state"] == "running"
+                                 and s["session"]["state"] == "ready")
+        assert "look" in st["session"]["setup"]["tools"]
+        assert sim.connections[-1].setup["generationConfig"]["mediaResolution"] == \
+            "MEDIA_RESOLUTION_MEDIUM"
+        rc, out, err = await d.edgectl("look", "-o", str(tmp_path / "framing.jpg"))
+        assert rc == 0, err
+        assert "not sent to the model" in out
+        assert jpeg_size((tmp_path / "framing.jpg").read_bytes()) == (768, 768)
+        assert sim.images() == []
+
+        rc, out, err = await d.edgectl("ask", "¿Qué tengo delante?")
+        assert rc == 0, err
+        assert "Veo la foto que acabas de enviar: 768x768" in out
+        [image] = sim.images()
+        [(_, call)] = [(i, m) for i, m in enumerate(sim.connections[-1].sent)
+                       if "toolCall" in m]
+        call_id = call["toolCall"]["functionCalls"][0]["id"]
+        assert image.pending_calls == (call_id,) and image.mime_type == "image/jpeg"
+        order = [next(iter(m)) for m in sim.connections[-1].messages
+                 if {"realtimeInput", "toolResponse"} & set(m)]
+        assert order[-2:] == ["realtimeInput", "toolResponse"]   # image, then the answer
+        st = await d.status()
+        assert st["camera"]["stills"]["sent"] == 1 and st["camera"]["stills"]["saved"] == 1
+        rc, out, _ = await d.edgectl("status")
+        assert "running · picamera2 #0 · 768x768 · send_on tool" in out
+
+        rc, _, _ = await d.edgectl("mute")
+        assert rc == 0
+        rc, _, err = await d.edgectl("look", "-o", str(tmp_path / "muted.jpg"))
+        assert rc == 1 and "privacy: the device is muted" in err
+        assert not (tmp_path / "muted.jpg").exists()
+        rc, out, err = await d.edgectl("ask", "¿Qué tengo delante?")
+        assert rc == 0, err
+        assert "No puedo verlo: look: privacy: the device is muted" in out
+        assert len(sim.images()) == 1 and sim.errors == []
         assert await stop(d, alsa) == 0
     finally:
         await stop(d, alsa)

@@ -1,23 +1,17 @@
-"""Small daemon parts: feedback store, camera (Picamera2 test double), sd_notify helpers."""
+"""Small daemon parts: feedback store, sd_notify helpers (the camera: tests/test_camera.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
 
-from edged.camera import Camera, CameraUnavailable
-from edged.config import CameraSettings
 from edged.feedback import FeedbackError, FeedbackStore
 from edged.notify import Notifier, watchdog_interval
-
-JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def test_feedback_persists_and_counts(tmp_path: Path) -> None:
@@ -38,73 +32,6 @@ def test_feedback_persists_and_counts(tmp_path: Path) -> None:
     with pytest.raises(FeedbackError, match="limit is 500"):
         again.record("bad", "x" * 501)
     assert again.counts() == {"good": 1, "bad": 1}
-
-
-class FakePicamera2:
-    """Test double of the subset of picamera2.Picamera2 that edged.camera uses, with the
-    same call shapes (create_still_configuration(main={"size": ...}), options["quality"],
-    capture_file(fileobj, format="jpeg"))."""
-
-    instances: ClassVar[list[FakePicamera2]] = []
-
-    def __init__(self) -> None:
-        self.options: dict[str, Any] = {}
-        self.configured: dict[str, Any] | None = None
-        self.started = False
-        self.closed = False
-        FakePicamera2.instances.append(self)
-
-    def create_still_configuration(self, main: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"use_case": "still", "main": {"format": "BGR888", **(main or {})}}
-
-    def configure(self, config: dict[str, Any]) -> None:
-        self.configured = config
-
-    def start(self) -> None:
-        assert self.configured is not None, "Picamera2 must be configured before start()"
-        self.started = True
-
-    def capture_file(self, file_output: io.BytesIO, format: str | None = None) -> None:
-        assert self.started and format == "jpeg"
-        w, h = self.configured["main"]["size"]  # type: ignore[index]
-        file_output.write(JPEG_MAGIC + f"{w}x{h}q{self.options['quality']}".encode())
-
-    def stop(self) -> None:
-        self.started = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-async def test_camera_stills_rate_limit_and_close() -> None:
-    settings = CameraSettings(enabled=True, width=640, height=480, jpeg_quality=60,
-                              min_interval_s=30)
-    cam = Camera(settings, factory=FakePicamera2)
-    await cam.open()
-    assert cam.status()["state"] == "ok"
-    jpeg = await cam.capture_jpeg()
-    assert jpeg == JPEG_MAGIC + b"640x480q60"
-    assert await cam.capture_jpeg() is None                   # within min_interval_s
-    assert await cam.capture_jpeg(force=True) is not None
-    assert cam.status()["stills"] == 2
-    await cam.close()
-    assert FakePicamera2.instances[-1].closed and cam.status()["state"] == "closed"
-
-
-async def test_camera_unavailable_is_explained() -> None:
-    cam = Camera(CameraSettings(enabled=True))                # real import: not on this box
-    with pytest.raises(CameraUnavailable, match="apt install python3-picamera2"):
-        await cam.open()
-    assert cam.status()["state"] == "unavailable"
-
-    def no_camera() -> Any:
-        raise IndexError("list index out of range")           # what libcamera does
-    cam = Camera(CameraSettings(enabled=True), factory=no_camera)
-    with pytest.raises(CameraUnavailable, match="camera not found or busy: IndexError"):
-        await cam.open()
-    disabled = Camera(CameraSettings())
-    await disabled.open()
-    assert disabled.status()["state"] == "disabled"
 
 
 def test_watchdog_interval_is_half_and_checks_pid() -> None:

@@ -332,6 +332,27 @@ async def test_1008_on_setup_is_a_config_error_retried_slowly_then_fixed_by_relo
     assert all(c.close_code == 1008 for c in sim.connections[:-1])
 
 
+async def test_a_config_error_from_an_attempt_with_replaced_settings_is_not_believed() -> None:
+    """A reload lands while an attempt with the old settings is still being set up and then
+    rejected: the rejection says nothing about the new settings, so they are tried at once
+    instead of waiting config_error_retry_s."""
+    scenario = Scenario(rules=[Rule(on="setup", connection=0, actions=[
+        Sleep(1.0), Close(1008, "models/old is not found for API version v1")])])
+    async with (
+        LiveSimulator(scenario) as sim,
+        running(settings_for(sim, session={"config_error_retry_s": 300})) as live,
+    ):
+        await sim.wait_for(lambda s: len(s.connections) == 1, LIVENESS_S)
+        live.apply_settings(settings_for(sim, gemini={"voice": "Puck"},
+                                         session={"config_error_retry_s": 300}))
+        await live.wait_ready(LIVENESS_S)
+        status = live.status()
+    assert sim.connections[0].close_code == 1008
+    assert status["state"] == "ready" and status["reconnects_by_code"] == {"reconfigure": 1}
+    assert sim.connections[1].setup["generationConfig"]["speechConfig"]["voiceConfig"][
+        "prebuiltVoiceConfig"]["voiceName"] == "Puck"
+
+
 async def test_stalled_socket_is_detected_within_the_documented_bound() -> None:
     stall_s = 1.0
     scenario = Scenario(rules=[Rule(on="turn", connection=0, actions=[Stall()])])

@@ -95,6 +95,22 @@ def test_unit_contract() -> None:
         assert f"\n{line}\n" in timer, line
 
 
+def test_device_allow_covers_sound_and_camera_and_names_no_directory() -> None:
+    """ALSA plus what libcamera opens: /dev/video* and v4l-subdev (video4linux), /dev/media*,
+    /dev/dma_heap/* (class dma_heap). A path to a directory (e.g. /dev/dma_heap) matches no
+    device node, so every path entry must be a device node pattern, not a directory."""
+    svc = (UNITS / "edged.service").read_text()
+    allows = re.findall(r"^DeviceAllow=(\S+) (\w+)$", svc, re.MULTILINE)
+    assert "\nDevicePolicy=closed\n" in svc
+    assert {(dev, mode) for dev, mode in allows} == {
+        ("char-alsa", "rw"), ("char-video4linux", "rw"), ("char-media", "rw"),
+        ("char-dma_heap", "rw")}
+    for dev, _ in allows:
+        assert dev.startswith(("char-", "block-")) or not dev.rstrip("/").endswith(
+            ("dma_heap", "dri", "snd", "v4l")), dev
+    assert "video" in re.search(r"\nSupplementaryGroups=(.*)\n", svc).group(1)  # type: ignore
+
+
 @pytest.mark.parametrize("script", ["install-on-pi", "uninstall-from-pi"])
 def test_scripts_parse(script: str) -> None:
     res = subprocess.run(["bash", "-n", str(REPO / "scripts" / script)], capture_output=True,

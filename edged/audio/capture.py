@@ -109,6 +109,7 @@ class Capture:
     def _read_loop(self, pcm: alsaaudio.PCM, loop: asyncio.AbstractEventLoop,
                    backoff: Backoff) -> None:
         opened_at = time.monotonic()
+        fresh = True
         while not self._stop.is_set():
             n, data = pcm.read()
             if n < 0:
@@ -123,5 +124,6 @@ class Capture:
             if backoff.attempt and time.monotonic() - opened_at > STABLE_S:
                 backoff.reset()
                 self.health.failures = 0
-            if not self._deliver(loop, AudioFrame(bytes(data))):
+            if not self._deliver(loop, AudioFrame(bytes(data), fresh=fresh)):
                 return
+            fresh = False

@@ -1,91 +1,23 @@
-"""What capture and playback share: device health as shown by ``edgectl status``, and backoff.
+"""What capture and playback share: the ALSA form of the device recovery loop.
 
-A sound device that fails to open, vanishes (USB unplugged) or errors mid-stream must never
-turn into a crash loop or a log flood: the owner thread logs once per failure, shows the error
-in its status, waits ``retry_base_s * 2**n`` (capped at ``retry_cap_s``, with jitter) and tries
-again (:class:`edged.backoff.Backoff`). A device that has been working for a while resets the
-delay.
+Device health and the loop itself live in :mod:`edged.devices` (the camera runs the same loop);
+here they are bound to ALSA: an ``alsaaudio.ALSAAudioError`` is what "the device failed" means,
+and a PCM is closed with ``pcm.close()``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import alsaaudio
 
 from edged.backoff import Backoff
+from edged.devices import DeviceHealth
+from edged.devices import keep_open as _keep_open
 
-DeviceState = Literal["stopped", "opening", "running", "retrying"]
-
-
-@dataclass(slots=True)
-class DeviceHealth:
-    """Mutable status of one ALSA device; written by its thread, read by ``status()``."""
-
-    device: str
-    state: DeviceState = "stopped"
-    error: str | None = None   # the current problem; cleared when the device works again
-    last_error: str | None = None
-    failures: int = 0          # consecutive failures (drives the backoff)
-    reopens: int = 0           # successful opens after the first
-    xruns: int = 0             # overruns (capture) or underruns (playback)
-    frames: int = 0
-    retry_in_s: float | None = None
-    # Called (from the device thread) after every change of state or error; the voice loop
-    # turns it into a DeviceChanged event, so status and health need no polling.
-    listener: Callable[[DeviceHealth], None] | None = field(default=None, repr=False)
-    _opened_once: bool = field(default=False, repr=False)
-
-    def set_state(self, state: DeviceState) -> None:
-        if state != self.state:
-            self.state = state
-            self._changed()
-
-    def _changed(self) -> None:
-        if self.listener is not None:
-            self.listener(self)
-
-    def failed(self, log: logging.Logger, what: str, err: Exception) -> None:
-        """Record a failure and log it: WARNING when it differs from the last one, DEBUG when
-        it repeats, so a device that stays missing does not flood the journal."""
-        msg = f"{what} {self.device!r}: {err}"
-        self.failures += 1
-        if msg != self.last_error:
-            log.warning("%s (retrying with backoff)", msg)
-        else:
-            log.debug("%s (again)", msg)
-        changed = msg != self.error
-        self.error = self.last_error = msg
-        if changed:
-            self._changed()
-
-    def opened(self) -> None:
-        if self._opened_once:
-            self.reopens += 1
-        self._opened_once = True
-        self.error = None
-        self.retry_in_s = None
-        self.state = "running"
-        self._changed()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "state": self.state, "error": self.error,
-                "last_error": self.last_error, "failures": self.failures,
-                "reopens": self.reopens, "frames": self.frames,
-                "retry_in_s": self.retry_in_s}
-
-
-def wait_retry(backoff: Backoff, stop: threading.Event, health: DeviceHealth) -> bool:
-    """Sleep the next backoff delay unless ``stop`` is set first; True means "retry"."""
-    delay = backoff.next_delay()
-    health.set_state("retrying")
-    health.retry_in_s = round(delay, 2)
-    return not stop.wait(delay)
+__all__ = ["DeviceHealth", "keep_open"]
 
 
 def keep_open(role: str, stop: threading.Event, health: DeviceHealth, backoff: Backoff,
@@ -94,25 +26,5 @@ def keep_open(role: str, stop: threading.Event, health: DeviceHealth, backoff: B
               on_failure: Callable[[], None] | None = None) -> None:
     """The recovery loop capture and playback threads both run until ``stop``: open the
     device, ``serve`` it until it fails, close it, back off, open it again."""
-    while not stop.is_set():
-        health.set_state("opening")
-        try:
-            pcm = open_pcm()
-        except alsaaudio.ALSAAudioError as e:
-            health.failed(log, f"cannot open {role} device", e)
-            if not wait_retry(backoff, stop, health):
-                break
-            continue
-        health.opened()
-        try:
-            serve(pcm)
-        except alsaaudio.ALSAAudioError as e:
-            health.failed(log, f"{role} device failed", e)
-            if on_failure is not None:
-                on_failure()
-        finally:
-            with contextlib.suppress(alsaaudio.ALSAAudioError):
-                pcm.close()
-        if not stop.is_set() and not wait_retry(backoff, stop, health):
-            break
-    health.set_state("stopped")
+    _keep_open(role, stop, health, backoff, log, open_pcm, serve, lambda pcm: pcm.close(),
+               (alsaaudio.ALSAAudioError,), on_failure)

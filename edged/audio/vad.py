@@ -122,9 +122,10 @@ class VadGate:
     def in_turn(self) -> bool:
         return self.state == "speaking"
 
-    def end_turn(self, reason: Literal["silence", "max_length", "muted"],
+    def end_turn(self, reason: Literal["silence", "max_length", "muted", "device"],
                  t: float) -> list[SpeechEvent]:
-        """Close an open turn from outside (mute); a pending trigger is simply dropped."""
+        """Close an open turn from outside (mute, the microphone went away); a pending trigger
+        is simply dropped."""
         events: list[SpeechEvent] = []
         if self.state == "speaking":
             events += self._flush_batch(t)

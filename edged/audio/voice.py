@@ -179,12 +179,13 @@ class VoiceLoop:
         return now() - self._last_played < self.settings.echo.tail_ms / 1000
 
     async def _uplink(self) -> None:
-        expected = self.settings.audio.period_ms / 1000
-        last_t: float | None = None
         async for frame in self.capture.frames():
-            if last_t is not None and frame.t - last_t > 10 * expected + 0.5:
-                self.gate.reset()    # the device reopened or stalled: warm up again
-            last_t = frame.t
+            if frame.fresh:
+                # The microphone (re)opened: a turn in progress was cut off with it, and what
+                # comes now is not continuous with what came before. A late frame is not a
+                # reason (a busy machine delivers frames late, not lost).
+                self._handle_speech(self.gate.end_turn("device", frame.t))
+                self.gate.reset()
             if self.muted:
                 continue
             events = self.gate.feed(frame, playing=self._device_speaking())

@@ -99,6 +99,10 @@ class ControlClient:
     def metrics(self) -> str:
         return str(self.call1("metrics")["text"])
 
+    def look(self) -> dict[str, Any]:
+        """A fresh still for the owner: ``jpeg_base64`` plus width, height, bytes, times."""
+        return cast(dict[str, Any], self.call1("look"))
+
     def feedback(self, rating: str, note: str = "") -> dict[str, Any]:
         return cast(dict[str, Any], self.call1("feedback", {"rating": rating, "note": note}))
 

@@ -9,12 +9,14 @@ verb: write ``_m_<verb>`` here, list it in :meth:`ControlMethods.table`, add its
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from edged.camera.component import Camera, StillRefused
 from edged.control.protocol import ControlError, ErrorCode, Health, ReloadResult, Status
 from edged.control.server import Final, Method, Params, Peer
 from edged.daemon import status as st
@@ -49,6 +51,7 @@ class DaemonAPI(Protocol):
     turn_log: TurnLog
     feedback: FeedbackStore
     live: LiveSession | None
+    camera: Camera
 
     def view(self) -> st.View: ...
     def refresh_snapshot(self) -> None: ...
@@ -72,6 +75,8 @@ class ControlMethods:
             "unmute": Method(self._m_unmute, mutating=True),
             "ask": Method(self._m_ask, mutating=True, streaming=True),
             "feedback": Method(self._m_feedback, mutating=True),
+            # privacy: taking a photo is for members of control.group only, like mute
+            "look": Method(self._m_look, mutating=True),
         }
         if os.environ.get(DEBUG_ENV) == "1":
             m["debug.stall"] = Method(self._m_debug_stall, mutating=True)
@@ -165,6 +170,14 @@ class ControlMethods:
         self.d.bus.publish(FeedbackGiven(entry["rating"]))
         return {"stored": str(self.d.feedback.path), "rated_turn": last is not None,
                 "counts": self.d.feedback.counts()}
+
+    async def _m_look(self, params: Params, peer: Peer) -> dict[str, Any]:
+        """A still for the owner to check the framing; never sent to the model."""
+        try:
+            still = await self.d.camera.take("edgectl")
+        except StillRefused as e:
+            raise ControlError(ErrorCode.UNAVAILABLE, str(e)) from None
+        return {**still.summary(), "jpeg_base64": base64.b64encode(still.jpeg).decode("ascii")}
 
     async def _m_debug_stall(self, params: Params, peer: Peer) -> dict[str, Any]:
         """Test hook: block the event loop (as a deadlock would) so the watchdog lapses."""

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from edged import __version__
-from edged.camera import Camera, CameraUnavailable
+from edged.camera.component import Camera
 from edged.config import ConfigError, Settings, load_settings
 from edged.control.protocol import ControlError, ErrorCode, ReloadResult
 from edged.control.server import ControlServer
@@ -80,7 +80,7 @@ class Daemon:
         self.metrics = Metrics()
         self.turn_log = TurnLog()
         self.feedback = FeedbackStore(settings.paths.state_dir)
-        self.camera = Camera(settings.camera)
+        self.camera = Camera(settings.camera, self.bus)
         self.tools = ToolRegistry(settings.tools.timeout_s)
         self.live: Any = None          # LiveSession, once it could be created
         self.voice: Any = None         # VoiceLoop, once ALSA could be loaded
@@ -102,7 +102,6 @@ class Daemon:
         self.bus.observe(self.turn_log.on_turn, TurnFinished)
         self.bus.observe(journal, TurnFinished, Reconnecting, ToolCallFinished)
         self.bus.observe(self._status_changed, *_STATUS_INPUTS)
-        self.bus.observe(self._on_voice_state, VoiceStateChanged)
 
     # --- what status and the control methods read --------------------------------------------
 
@@ -159,10 +158,11 @@ class Daemon:
 
     async def _open_index(self) -> None:
         try:
-            self.tools = device_tools(self.settings)
+            self.tools = device_tools(self.settings, self.camera)
         except Exception as e:
             self._tool_error = f"search tool unavailable: {type(e).__name__}: {e}"
             log.warning("knowledge: %s", self._tool_error, extra={"EDGED_EVENT": EV_ERROR})
+            self.tools = device_tools(self.settings, self.camera, knowledge=False)
         await self._refresh_index()
 
     async def _refresh_index(self) -> None:
@@ -188,6 +188,7 @@ class Daemon:
             return
         self.supervisor.set("session", "ok")
         self.supervisor.spawn("session", self.live.run)
+        self.camera.attach(self.live)
 
     async def _start_voice(self) -> None:
         if self.live is None:
@@ -218,33 +219,11 @@ class Daemon:
         states = [self.voice.capture.health.state, self.voice.playback.health.state]
         return all(s not in ("stopped", "opening") for s in states)
 
-    async def _start_camera(self) -> None:
-        if not self.settings.camera.enabled:
-            self.supervisor.set("camera", "disabled")
-            return
-        try:
-            await self.camera.open()
-            self.supervisor.set("camera", "ok")
-        except CameraUnavailable as e:
-            self.supervisor.set("camera", "degraded", str(e))
-            log.warning("camera: %s", e, extra={"EDGED_EVENT": EV_ERROR})
-
-    def _on_voice_state(self, ev: Event) -> None:
-        """camera.on_speech_start: one still (rate-limited) as the user starts talking."""
-        if (isinstance(ev, VoiceStateChanged) and ev.state == "listening"
-                and self.settings.camera.on_speech_start):
-            self._spawn_background(self._still_to_live())
-
-    async def _still_to_live(self) -> None:
-        if self.camera.state != "ok" or self.live is None:
-            return
-        try:
-            jpeg = await self.camera.capture_jpeg()
-        except Exception as e:
-            self.supervisor.set("camera", "degraded", f"capture failed: {e}")
-            return
-        if jpeg is not None:
-            await self.live.send_image(jpeg)
+    def _start_camera(self) -> None:
+        """The camera component runs even when disabled (it idles), so enabling it by reload
+        needs no restart unless the look tool was not offered at start."""
+        self.supervisor.set("camera", "ok" if self.settings.camera.enabled else "disabled")
+        self.supervisor.spawn("camera", self.camera.run)
 
     async def set_mute(self, muted: bool, uid: int) -> bool:
         if self.voice is None:
@@ -324,11 +303,11 @@ class Daemon:
             await apply("session", lambda: self.live.apply_settings(new))
         if self.voice is not None:
             await apply("voice", lambda: self.voice.apply_settings(new))
-        if new.camera != old.camera:
-            await self.camera.close()
-            self.camera = Camera(new.camera)
-            self.settings = new
-            await self._start_camera()
+        await apply("camera", lambda: self.camera.apply_settings(new.camera))
+        if new.camera.enabled != old.camera.enabled:
+            self.supervisor.set("camera", "ok" if new.camera.enabled else "disabled")
+        if new.camera.enabled and "look" not in self.tools.names:
+            restart.append("camera.enabled")      # the look tool is declared at start
         self.tools.timeout_s = new.tools.timeout_s
         # stopping the old HTTP server waits for its thread: not on the event loop
         await apply("metrics", lambda: asyncio.to_thread(self.metrics.apply_settings,
@@ -405,7 +384,7 @@ class Daemon:
         await self._open_index()
         self._start_live()
         await self._start_voice()
-        await self._start_camera()
+        self._start_camera()
         await self._start_control()
         try:
             await asyncio.to_thread(self.metrics.apply_settings, self.settings.metrics)
@@ -435,7 +414,8 @@ class Daemon:
 
     async def _shutdown(self) -> int:
         """Stop in order: no new requests, close the Live session (it says goodbye with 1000),
-        stop the rest, close the camera, write the last metrics - within stop_timeout_s."""
+        stop the rest (the camera closes its device), write the last metrics - within
+        stop_timeout_s."""
         sup = self.supervisor
         await sup.cancel("watchdog")       # systemd stops watching once we say STOPPING
         self.notifier.stopping("stopping")
@@ -451,7 +431,6 @@ class Daemon:
                 session = sup.tasks.pop("session", None)
                 if session is not None:
                     await asyncio.gather(session, return_exceptions=True)
-                await self.camera.close()
         except TimeoutError:
             log.error("graceful stop exceeded control.stop_timeout_s=%.0fs; exiting anyway",
                       self.settings.control.stop_timeout_s, extra={"EDGED_EVENT": EV_ERROR})

@@ -68,6 +68,10 @@ def problems(v: View) -> list[str]:
         dev = (v.audio or {}).get(key)
         if isinstance(dev, dict) and (dev.get("error") or dev.get("state") == "retrying"):
             out.append(f"{key}: {dev.get('error') or 'retrying'}")
+    cam = v.camera
+    if cam.get("enabled") and not cam.get("muted") and (cam.get("detail")
+                                                        or cam.get("state") == "retrying"):
+        out.append(f"camera: {cam.get('detail') or 'retrying'}")
     if v.session is not None and v.session.get("state") in ("config_error", "backoff"):
         out.append(f"session: {v.session['state']} ({v.session.get('detail', '')})")
     if not v.config["last_reload"].get("ok", True):

@@ -31,6 +31,13 @@ from edged.tools import ToolRegistry
 # reports as an opaque 1006 (docs/simulator.md, wire rule 7). 16 MiB lifts that without
 # letting one frame exhaust a 512 MB Pi Zero.
 MAX_FRAME_BYTES = 16 * 2**20
+# camera.media_resolution -> the setup's generationConfig.mediaResolution: the tokens the model
+# spends per still (docs/camera.md). Only sent with the camera enabled: no images, no setting.
+MEDIA_RESOLUTION = {
+    "low": types.MediaResolution.MEDIA_RESOLUTION_LOW,
+    "medium": types.MediaResolution.MEDIA_RESOLUTION_MEDIUM,
+    "high": types.MediaResolution.MEDIA_RESOLUTION_HIGH,
+}
 # Closing a dead socket waits this long for the peer's close frame; the supervisor reconnects
 # without waiting for it, so this only bounds how long a half-dead socket lingers.
 CLOSE_TIMEOUT_S = 2.0
@@ -120,6 +127,8 @@ def build_config(settings: Settings, tools: ToolRegistry,
             sliding_window=types.SlidingWindow(target_tokens=s.compression_target_tokens)),
         input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
+        media_resolution=(MEDIA_RESOLUTION[settings.camera.media_resolution]
+                          if settings.camera.enabled else None),
     )
 
 

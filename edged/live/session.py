@@ -46,7 +46,7 @@ from edged.events import (
 from edged.formats import CAPTURE_MIME
 from edged.live.client import build_client, build_config, client_fingerprint, setup_fingerprint
 from edged.live.dispatch import ToolDispatcher
-from edged.live.policy import End, ReconnectPolicy, classify
+from edged.live.policy import CONFIG_ERROR_CODES, End, ReconnectPolicy, classify
 from edged.live.turns import TurnTracker
 from edged.tools import ToolRegistry
 
@@ -103,9 +103,11 @@ class LiveSession:
         self._bytes_up = 0
         self._bytes_down = 0
         self._audio_dropped = 0
+        self._images_sent = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._goaway_deadline: float | None = None
         self._reconfigure = False
+        self._settings_gen = 0          # bumped by apply_settings
 
     # --- public API ------------------------------------------------------------------------
 
@@ -113,9 +115,15 @@ class LiveSession:
         """Connect, serve, reconnect - until :meth:`close`. Never raises for link failures."""
         try:
             while not self._stop.is_set():
+                gen = self._settings_gen
                 end, age = await self._connect_once()
                 if self._stop.is_set():
                     break
+                if gen != self._settings_gen and (end.kind == "config"
+                                                  or end.code in CONFIG_ERROR_CODES):
+                    # The attempt used settings a reload has replaced since: its verdict says
+                    # nothing about the new ones, so try them now.
+                    end = End("reconfigure", None, "settings changed during the attempt")
                 delay = self._after(end, age)
                 if delay > 0:
                     self._retry_now.clear()
@@ -189,14 +197,19 @@ class LiveSession:
             await session.send_realtime_input(activity_end=types.ActivityEnd())
             self._reply_due()
 
-    async def send_image(self, jpeg: bytes) -> None:
-        """A camera still (realtime video frame); dropped while disconnected."""
+    async def send_image(self, jpeg: bytes) -> bool:
+        """A camera still as realtime video input (``image/jpeg``); False when it could not go
+        out (disconnected: a stale still is worth nothing after a reconnect)."""
         session = self._session
         if session is None:
-            return
-        with contextlib.suppress(websockets.ConnectionClosed):
+            return False
+        try:
             await session.send_realtime_input(video=types.Blob(data=jpeg, mime_type="image/jpeg"))
-            self._bytes_up += len(jpeg)
+        except websockets.ConnectionClosed:
+            return False
+        self._bytes_up += len(jpeg)
+        self._images_sent += 1
+        return True
 
     @property
     def state(self) -> str:
@@ -226,6 +239,7 @@ class LiveSession:
             "bytes_up": self._bytes_up,
             "bytes_down": self._bytes_down,
             "audio_chunks_dropped": self._audio_dropped,
+            "images_sent": self._images_sent,
             "tool_calls": dict(self._dispatch.counts),
             "events_dropped": self.bus.dropped,
         }
@@ -239,6 +253,7 @@ class LiveSession:
         recent text history."""
         old = self._settings
         self._settings = settings
+        self._settings_gen += 1
         self._policy.update(settings.session)
         fp = setup_fingerprint(settings, self._tools)
         try:

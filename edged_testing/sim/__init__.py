@@ -16,6 +16,8 @@ Use::
         sim.messages("realtimeInput")    # [(connection index, {"realtimeInput": {...}}), ...]
         await sim.wait_for(lambda s: len(s.connections) == 2, timeout=5)
         sim.errors                       # protocol violations by the client (wrong tool id...)
+        sim.images()                     # realtime images received (mime, bytes, size, and the
+                                         #   function calls pending when each arrived)
 
 Scenario format (dataclasses here, the same shape in TOML/JSON for ``edged-sim --scenario``)::
 
@@ -68,10 +70,10 @@ from edged_testing.sim.scenario import (
     ToolCalls,
 )
 from edged_testing.sim.server import LiveSimulator
-from edged_testing.sim.state import ConnectionRecord, SessionState, TurnContext
+from edged_testing.sim.state import ConnectionRecord, ImageRecord, SessionState, TurnContext
 
 __all__ = [
     "Action", "Assistant", "CancelToolCalls", "Close", "ConnectionRecord", "Drop", "GoAway",
-    "LiveSimulator", "Reply", "Rule", "Scenario", "SessionState", "Sleep", "Stall", "ToolCall",
-    "ToolCalls", "TurnContext",
+    "ImageRecord", "LiveSimulator", "Reply", "Rule", "Scenario", "SessionState", "Sleep", "Stall",
+    "ToolCall", "ToolCalls", "TurnContext",
 ]

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from edged.camera.jpeg import jpeg_size
 from edged.formats import CAPTURE_RATE, REPLY_RATE
 from edged_testing import speech
 from edged_testing.sim import wire
@@ -39,6 +40,7 @@ from edged_testing.sim.scenario import (
 )
 from edged_testing.sim.state import (
     ConnectionRecord,
+    ImageRecord,
     SessionState,
     TurnContext,
     first_hit,
@@ -52,6 +54,16 @@ OUT_RATE = REPLY_RATE
 OUT_MIME = f"audio/pcm;rate={OUT_RATE}"
 MAX_CHUNK_BYTES = 512 * 1024   # raw audio per message: ~683 KiB as base64, under the 1 MiB cap
 SETUP_TIMEOUT = 30.0
+# The image types Gemini accepts, by their magic bytes (docs/simulator.md, "Images").
+IMAGE_MAGIC: dict[str, tuple[int, bytes]] = {
+    "image/jpeg": (0, b"\xff\xd8\xff"), "image/png": (0, b"\x89PNG\r\n\x1a\n"),
+    "image/webp": (8, b"WEBP"), "image/heic": (4, b"ftyp"), "image/heif": (4, b"ftyp"),
+}
+# What the default assistant takes as "look at this" (Spanish and English).
+LOOK_RE = re.compile(
+    r"qu[eé] tengo delante|qu[eé] estoy mirando|qu[eé] ves|l[eé]eme|cartel|cu[aá]nto cuesta|"
+    r"what am i looking at|what'?s in front of me|what do you see|read (?:this|that)|"
+    r"how much is this", re.IGNORECASE)
 
 
 class _Stop(Exception):
@@ -107,6 +119,8 @@ class Connection:
         self.input_transcription = self.output_transcription = False
         self.tool_names: set[str] = set()
         self.language = self.sc.language
+        self.images_waiting: list[ImageRecord] = []   # arrived since the last turn ended
+        self.reply_images: list[ImageRecord] = []     # the replying turn's (ctx.images)
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -251,6 +265,10 @@ class Connection:
             mime = str(blob.get("mimeType", ""))
             if mime.startswith("audio/") and isinstance(blob.get("data"), bytes):
                 await self.on_audio(blob["data"], _rate(mime))
+            elif mime.startswith("image/"):
+                await self.on_image(blob)
+        if isinstance(body.get("video"), dict):
+            await self.on_image(body["video"])
         if "activityStart" in body:
             self.in_activity = True
             await self.barge_in()
@@ -266,6 +284,31 @@ class Connection:
         text = body.get("text")
         if isinstance(text, str) and text.strip():
             await self.end_turn("text", "realtime_text", text)
+
+    async def on_image(self, blob: dict[str, Any]) -> None:
+        """A still (``realtimeInput.video``): checked as the API does, then recorded and made
+        available to the turn being answered (``TurnContext.images``)."""
+        mime = str(blob.get("mimeType", ""))
+        data = blob.get("data")
+        if mime not in IMAGE_MAGIC:
+            await self.fail(f"unsupported mime type {mime!r} for realtime video input; "
+                            f"images must be one of {', '.join(IMAGE_MAGIC)}", 1007)
+        if not isinstance(data, bytes) or not data:
+            await self.fail("realtime video input without image data", 1007)
+        assert isinstance(data, bytes)
+        if len(data) > self.sc.max_image_bytes:
+            await self.fail(f"image of {len(data)} bytes exceeds the {self.sc.max_image_bytes} "
+                            "byte limit", 1007)
+        offset, magic = IMAGE_MAGIC[mime]
+        if data[offset:offset + len(magic)] != magic:
+            await self.fail(f"image data is not a valid {mime}", 1007)
+        width, height = (jpeg_size(data) if mime == "image/jpeg" else _png_size(data)
+                         if mime == "image/png" else None) or (None, None)
+        image = ImageRecord(time.time(), mime, data, width, height, self.turns,
+                            tuple(sorted(self.pending)))
+        self.record.images.append(image)
+        replying = self.reply_task is not None and not self.reply_task.done()
+        (self.reply_images if replying else self.images_waiting).append(image)
 
     async def on_audio(self, pcm: bytes, rate: int) -> None:
         if self.vad is None:
@@ -337,6 +380,8 @@ class Connection:
         await self.barge_in()   # a new turn while one streams replaces it (3.8 semantics)
         self.turns += 1
         ctx = self.context(text, source, via)
+        ctx.images, self.images_waiting = self.images_waiting, []
+        self.reply_images = ctx.images
         if source == "audio" and self.input_transcription:
             pieces = _split(text, 2)
             for i, piece in enumerate(pieces):
@@ -408,7 +453,10 @@ class Connection:
     async def run_action(self, action: Action, ctx: TurnContext) -> str | None:
         match action:
             case Reply():
-                return await self.say(ctx.render(action.text), action.parts, action.tone_seconds)
+                text = action.text
+                if action.on_tool_error is not None and ctx.tool_error is not None:
+                    text = action.on_tool_error
+                return await self.say(ctx.render(text), action.parts, action.tone_seconds)
             case ToolCall():
                 await self.tool_call([action], ctx)
                 return ""
@@ -520,6 +568,8 @@ class Connection:
                 text = (f"According to «{title}» ({src}): {snippet}" if en else
                         f"Según el documento «{title}» ({src}): {snippet}")
             return await self.say(text, 3, None)
+        if LOOK_RE.search(question) and "look" in self.tool_names:
+            return await self.say(await self.look(ctx, en), 3, None)
         n = ctx.history_turns
         text = (f"You said: «{short}». Earlier turns I remember: {n}." if en else
                 f"Has dicho: «{short}». Turnos anteriores que recuerdo: {n}.")
@@ -527,6 +577,23 @@ class Connection:
         if name:
             text += f" You are {name}." if en else f" Te llamas {name}."
         return await self.say(text, 3, None)
+
+    async def look(self, ctx: TurnContext, en: bool) -> str:
+        """Call ``look`` and answer from what arrived: the image's size, or the tool's error."""
+        await self.tool_call([ToolCall("look", {})], ctx)
+        if ctx.tool_error is not None:
+            return (f"I cannot see it: {ctx.tool_error}" if en else
+                    f"No puedo verlo: {ctx.tool_error}")
+        if not ctx.images:
+            self.sim.error(self.record.index, "look answered without an image on the wire")
+            return ("The look tool says it sent a photo, but no image reached me." if en else
+                    "La herramienta look dice que envió una foto, pero no me ha llegado ninguna.")
+        im = ctx.images[-1]
+        kb = round(len(im.data) / 1024)
+        return (f"I see the photo you just sent: {im.size} pixels, {kb} KB of {im.mime_type}. "
+                "I am the simulator, so I cannot tell what it shows." if en else
+                f"Veo la foto que acabas de enviar: {im.size} píxeles, {kb} KB en "
+                f"{im.mime_type}. Soy el simulador, así que no sé decirte qué muestra.")
 
     # --- teardown --------------------------------------------------------------------------
 
@@ -551,6 +618,12 @@ def _split(text: str, n: int) -> list[str]:
     n = min(n, len(words))
     size = -(-len(words) // n)
     return ["".join(words[i:i + size]) for i in range(0, len(words), size)]
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _rate(mime: str) -> int:

@@ -43,12 +43,16 @@ class Reply:
     ``outputTranscription`` fragments when the setup asked for them. TEXT sessions get the text
     in ``parts`` ``modelTurn`` messages. ``text`` is a ``str.format`` template over the
     TurnContext fields ({user_text}, {turn}, {history_turns}, {tool_result}, {tool_title},
-    {tool_source}, {tool_heading}, {tool_text}) or a callable taking the TurnContext.
+    {tool_source}, {tool_heading}, {tool_text}, {tool_error}, and what images arrived during the
+    turn: {image_count}, {image_bytes}, {image_size}, {image_mime} of the last one) or a callable
+    taking the TurnContext. ``on_tool_error``: said instead when the last tool response was an
+    error (a "no camera" answer rather than a description of an image that never came).
     """
 
     text: Text = ""
     parts: int = 3
     tone_seconds: float | None = None
+    on_tool_error: Text | None = None   # said instead of ``text`` when the last tool failed
 
 
 @dataclass
@@ -122,7 +126,9 @@ class Assistant:
 
     Echoes the question and says how many earlier user turns it remembers (history survives
     resumption); if the turn mentions gobernanza/governance/MLOps and the setup declared
-    ``search_knowledge``, it first calls that tool and then cites the first result's title.
+    ``search_knowledge``, it first calls that tool and then cites the first result's title; if
+    it asks what is in front of the user (``LOOK_RE``) and the setup declared ``look``, it calls
+    that and answers from the image that arrived (or says why none could be taken).
     """
 
 
@@ -200,6 +206,7 @@ class Scenario:
     vad_threshold_dbfs: float = -45.0  # server-VAD emulation: speech if a 10 ms window is louder
     vad_silence_ms: int = 500          # end of speech when the setup does not say
     usage: bool = True                 # usageMetadata with each turnComplete
+    max_image_bytes: int = 7 * 2**20   # larger realtime images: close 1007 (docs/simulator.md)
 
     @classmethod
     def default(cls, transcripts: list[str] | None = None, language: str = "es") -> Scenario:

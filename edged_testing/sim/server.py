@@ -27,7 +27,7 @@ from edged_testing.sim import wire
 from edged_testing.sim.connection import Connection
 from edged_testing.sim.rest import RestEndpoint, RestRequest
 from edged_testing.sim.scenario import Action, Rule, Scenario
-from edged_testing.sim.state import ConnectionRecord, SessionState
+from edged_testing.sim.state import ConnectionRecord, ImageRecord, SessionState
 
 log = logging.getLogger("edged_testing.sim")
 
@@ -116,6 +116,10 @@ class LiveSimulator:
         """Every normalised client message as (connection index, {kind: body}), in arrival
         order; ``kind`` filters by top-level key ("realtimeInput", "clientContent", ...)."""
         return [(i, m) for i, m in self._messages if kind is None or kind in m]
+
+    def images(self) -> list[ImageRecord]:
+        """Every image clients sent as realtime input, over all connections in order."""
+        return [im for conn in self.connections for im in conn.images]
 
     def reply_audio(self) -> list[bytes]:
         """The reply audio sent, one bytes object per completed turn, over all connections in

@@ -13,6 +13,28 @@ from typing import Any
 
 
 @dataclass
+class ImageRecord:
+    """One image the client sent as realtime input (``realtimeInput.video``), as received.
+
+    ``pending_calls`` are the ids of the function calls still waiting for a response when it
+    arrived: a ``look``-style tool's image arrives after its ``toolCall`` and before its
+    ``toolResponse``, so its id is here. ``turn`` is the user turn it arrived in (0 = before any).
+    """
+
+    received_at: float
+    mime_type: str
+    data: bytes
+    width: int | None
+    height: int | None
+    turn: int
+    pending_calls: tuple[str, ...]
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass
 class ConnectionRecord:
     """What one client connection did, as the server saw it (never the API key itself)."""
 
@@ -25,6 +47,7 @@ class ConnectionRecord:
     session_id: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
     close_code: int | None = None
     close_reason: str | None = None
     closed_by: str | None = None      # "server", "client", "drop"
@@ -57,9 +80,17 @@ class TurnContext:
     connection: int
     session: SessionState
     tool_result: Any = None      # the last toolResponse's ``response``
+    images: list[ImageRecord] = field(default_factory=list)   # received during this turn
+
+    @property
+    def tool_error(self) -> str | None:
+        """The ``error`` of the last tool response, if it was one."""
+        r = self.tool_result
+        return str(r["error"]) if isinstance(r, dict) and "error" in r else None
 
     def fields(self) -> dict[str, Any]:
         hit = first_hit(self.tool_result) or {}
+        image = self.images[-1] if self.images else None
         return {
             "user_text": self.user_text, "turn": self.turn, "history_turns": self.history_turns,
             "source": self.source, "via": self.via, "connection": self.connection,
@@ -67,6 +98,10 @@ class TurnContext:
             else json.dumps(self.tool_result, ensure_ascii=False),
             "tool_title": str(hit.get("title", "")), "tool_source": str(hit.get("source", "")),
             "tool_heading": str(hit.get("heading", "")), "tool_text": str(hit.get("text", "")),
+            "tool_error": self.tool_error or "", "image_count": len(self.images),
+            "image_bytes": len(image.data) if image else 0,
+            "image_size": image.size if image else "",
+            "image_mime": image.mime_type if image else "",
         }
 
     def render(self, text: Any) -> str:
