@@ -156,9 +156,10 @@ def connect_rw(path: Path) -> sqlite3.Connection:
 def connect_ro(path: Path) -> sqlite3.Connection:
     """A read-only connection: the daemon can never modify the index, even by accident.
 
-    ``immutable=1`` is true by construction: a published generation is checkpointed (empty WAL)
-    and never written again. It lets the reader skip locking and the ``-shm`` file, so it also
-    works from a read-only directory (a hardened unit with ReadOnlyPaths=).
+    ``immutable=1`` holds by construction: a generation is never written while ``CURRENT``
+    names it, and it is recycled only after the sync's exclusive flock (readers hold a shared
+    one per query; search.Searcher). It lets the reader skip SQLite's locking and the ``-shm``
+    file, so it also works from a read-only directory (a hardened unit with ReadOnlyPaths=).
     """
     if not path.exists():
         raise IndexUnavailable(f"index file {path} is missing")
