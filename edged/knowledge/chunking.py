@@ -18,7 +18,9 @@ a full rebuild of existing indexes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -256,12 +258,27 @@ _NAME_SECTIONS = frozenset({"NAME", "NOMBRE"})
 _UNDERLINE = re.compile(r"^\s*(=+|-+|~+|\*+)\s*$")
 
 
-def _man_sections(lines: list[str]) -> tuple[str, list[tuple[list[str], str]]]:
-    name = _MAN_HEADER.match(lines[0])
+# str.splitlines()'s line boundaries, so _lines() cuts exactly where it does
+_LINE_BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text.splitlines()`` one line at a time: a list of every line of a 20 MB document was
+    the biggest thing in memory while indexing it."""
+    start = 0
+    for m in _LINE_BREAK.finditer(text):
+        yield text[start:m.start()]
+        start = m.end()
+    if start < len(text):
+        yield text[start:]
+
+
+def _man_sections(header: str, lines: Iterator[str]) -> tuple[str, list[tuple[list[str], str]]]:
+    name = _MAN_HEADER.match(header)
     assert name is not None
     sections: list[tuple[list[str], str]] = []
     heading, body = "", []
-    for line in lines[1:]:
+    for line in lines:
         if _MAN_SECTION.match(line) and not _MAN_HEADER.match(line):
             if "".join(body).strip():
                 sections.append(([heading] if heading else [], "\n".join(body)))
@@ -281,16 +298,18 @@ def _man_sections(lines: list[str]) -> tuple[str, list[tuple[list[str], str]]]:
 def _text_sections(text: str) -> tuple[str, list[tuple[list[str], str]]]:
     """(title, sections) of plain text: a rendered man page, or setext-style headings
     (a line underlined with ===, ---, ~~~) with the first short line as the title."""
-    lines = text.splitlines()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if lines and _MAN_HEADER.match(lines[0]):
-        return _man_sections(lines)
+    lines = _lines(text)
+    first = next((ln for ln in lines if ln.strip()), None)   # leading blank lines dropped
+    if first is None:
+        return "", []
+    if _MAN_HEADER.match(first):
+        return _man_sections(first, lines)
     sections: list[tuple[list[str], str]] = []
     heading: list[str] = []
     body: list[str] = []
-    for i, line in enumerate(lines):
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+    current, ahead = itertools.tee(itertools.chain([first], lines))
+    next(ahead)
+    for line, nxt in itertools.zip_longest(current, ahead, fillvalue=""):
         if line.strip() and _UNDERLINE.match(nxt) and len(line.strip()) <= 100:
             if "".join(body).strip():
                 sections.append((heading, "\n".join(body)))
@@ -299,11 +318,11 @@ def _text_sections(text: str) -> tuple[str, list[tuple[list[str], str]]]:
             body.append(line)
     if "".join(body).strip():
         sections.append((heading, "\n".join(body)))
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
     title = ""
+    first = first.strip()
     if sections and sections[0][0]:
         title = sections[0][0][0]
-    elif first and len(first) <= 80 and not first.endswith((".", ",", ";", ":")):
+    elif len(first) <= 80 and not first.endswith((".", ",", ";", ":")):
         title = " ".join(first.split())
     return title, sections
 
