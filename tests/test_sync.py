@@ -5,6 +5,7 @@ under a concurrently querying reader."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import http.server
 import json
@@ -103,13 +104,87 @@ def test_incremental_sync_adds_changes_deletes_and_skips_unchanged(tmp_path: Pat
         assert any("new section" in t for t in texts)
         fts = conn.execute("SELECT count(*) FROM fts_chunks WHERE fts_chunks MATCH 'word3'")
         assert fts.fetchone()[0] == 0
-    # The superseded generation is gone; nothing else was left behind.
-    assert not store.db_path(idx, 1).exists()
+    # The superseded generation stays as the standby the next change recycles; nothing else.
+    assert sorted(p.name for p in idx.glob("index-*")) == ["index-000001.db", "index-000002.db"]
 
     emb.texts.clear()
     third = sync_dir(settings, src, emb)
     assert (third.unchanged, third.generation, third.chunks_embedded) == (7, 2, 0)
     assert emb.texts == [] and not store.db_path(idx, 3).exists()
+
+
+def test_a_change_recycles_the_standby_and_writes_only_what_changed(tmp_path: Path) -> None:
+    """Generation 3 is generation 1's file brought level: the documents generation 2 changed are
+    copied from it (not embedded again), then this run's change is applied; generation 2 stays
+    untouched as the next standby."""
+    settings = make_settings(tmp_path)
+    src, idx = tmp_path / "src", settings.knowledge.index_dir
+    write_docs(src, V1)
+    emb = HashEmbedder()
+    sync_dir(settings, src, emb)
+    shutil.rmtree(src)
+    v2 = v2_of(V1)
+    write_docs(src, v2)
+    sync_dir(settings, src, emb)
+    standby_inode = store.db_path(idx, 1).stat().st_ino
+    live_inode = store.db_path(idx, 2).stat().st_ino
+    v3 = dict(v2, **{"doc4.md": v2["doc4.md"] + "\n## Later\n\nA third version of doc 4.\n"})
+    write_docs(src, v3)
+    emb.texts.clear()
+    third = sync_dir(settings, src, emb)
+    assert (third.changed, third.unchanged, third.generation) == (1, 6, 3)
+    assert "third version" in "\n".join(emb.texts) and "version TWO" not in "\n".join(emb.texts)
+    assert store.db_path(idx, 3).stat().st_ino == standby_inode      # recycled, not copied
+    assert store.db_path(idx, 2).stat().st_ino == live_inode         # the next standby
+    assert not store.db_path(idx, 1).exists()
+    assert state_of(idx) == hashes(v3)
+    with contextlib.closing(store.connect_ro(store.db_path(idx, 3))) as conn:
+        assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0   # compact
+    reader = Searcher(idx)
+    assert {h.source for h in reader.search("beta", None, 3, "fts")} == {"new-a.md"}
+    reader.close()
+
+
+def test_published_generations_have_no_free_pages(tmp_path: Path) -> None:
+    """A big document that came and went leaves no dead pages in the next generation."""
+    settings = make_settings(tmp_path)
+    src, idx = tmp_path / "src", settings.knowledge.index_dir
+    write_docs(src, V1)
+    emb = HashEmbedder()
+    sync_dir(settings, src, emb)
+    big = "# Big\n\n" + "\n\n".join(f"Paragraph {i} of a big document " * 20 for i in range(300))
+    write_docs(src, {"big.md": big})
+    with_big = sync_dir(settings, src, emb)
+    (src / "big.md").unlink()
+    without = sync_dir(settings, src, emb)
+    with contextlib.closing(store.connect_ro(store.db_path(idx, without.generation or 0))) as c:
+        assert c.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert without.db_bytes < with_big.db_bytes / 2
+
+
+def test_a_reader_in_a_query_on_the_standby_is_waited_for_then_copied_around(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query still running on the standby (its shared flock) is never written under: the
+    sync waits READER_WAIT_S, then copies the live generation instead."""
+    settings = make_settings(tmp_path)
+    src, idx = tmp_path / "src", settings.knowledge.index_dir
+    write_docs(src, V1)
+    emb = HashEmbedder()
+    sync_dir(settings, src, emb)
+    write_docs(src, {"doc0.md": "# Doc 0\n\nChanged once.\n"})
+    sync_dir(settings, src, emb)
+    standby = store.db_path(idx, 1)
+    inode = standby.stat().st_ino
+    monkeypatch.setattr(sync, "READER_WAIT_S", 0.05)
+    fd = os.open(standby, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)   # as Searcher holds it during a query
+        write_docs(src, {"doc0.md": "# Doc 0\n\nChanged twice.\n"})
+        res = sync_dir(settings, src, emb)
+    finally:
+        os.close(fd)
+    assert res.generation == 3 and store.db_path(idx, 3).stat().st_ino != inode
+    assert state_of(idx)["doc0.md"] == hashes({"x": "# Doc 0\n\nChanged twice.\n"})["x"]
 
 
 def test_embedder_change_and_full_force_a_rebuild_into_a_new_generation(tmp_path: Path) -> None:
@@ -322,8 +397,8 @@ def test_unreachable_http_source_changes_nothing(tmp_path: Path, site: str) -> N
 
 # --- crash safety ---------------------------------------------------------------------------
 
-def _count_checkpoints(settings: Settings, src: Path, template: Path,
-                       monkeypatch: pytest.MonkeyPatch) -> int:
+def _checkpoints(settings: Settings, src: Path, template: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> list[str]:
     names: list[str] = []
     original = sync._Checkpoints.__call__
 
@@ -337,20 +412,26 @@ def _count_checkpoints(settings: Settings, src: Path, template: Path,
         m.setattr(sync._Checkpoints, "__call__", counting)
         run_sync(settings, source=str(src), index_dir=work, embedder=HashEmbedder())
     shutil.rmtree(work)
-    return len(names)
+    return names
 
 
 def test_sigkill_at_every_checkpoint_leaves_a_whole_index(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings(tmp_path)
     src, template = tmp_path / "src", tmp_path / "template"
+    # two runs, so the template has a standby and the killed run recycles it in place
+    write_docs(src, {k: v for k, v in V1.items() if k != "doc5.md"})
+    run_sync(settings, source=str(src), index_dir=template, embedder=HashEmbedder())
     write_docs(src, V1)
     run_sync(settings, source=str(src), index_dir=template, embedder=HashEmbedder())
+    assert store.db_path(template, 1).exists()
     shutil.rmtree(src)
     v2 = v2_of(V1)
     write_docs(src, v2)
     old, new = hashes(V1), hashes(v2)
-    total = _count_checkpoints(settings, src, template, monkeypatch)
+    names = _checkpoints(settings, src, template, monkeypatch)
+    assert "standby-renamed" in names and "standby-caught-up" in names, names
+    total = len(names)
     assert total >= 20, total
     outcomes = []
     for n in range(1, total + 1):
@@ -378,7 +459,9 @@ def test_sigkill_at_every_checkpoint_leaves_a_whole_index(tmp_path: Path,
         assert state_of(idx) == new
         files = {p.name for p in idx.iterdir()}
         gen = store.db_path(idx, res.generation or 0).name
-        assert files <= {store.POINTER, store.LOCK_FILE, gen, f"{gen}-wal", f"{gen}-shm"}, n
+        standbys = {f for f in files if f.startswith("index-") and f < gen}
+        assert len(standbys) <= 1, n
+        assert files - standbys <= {store.POINTER, store.LOCK_FILE, gen}, n
         reader.close()
         shutil.rmtree(idx)
     assert "old" in outcomes and "new" in outcomes   # kills landed on both sides of the flip

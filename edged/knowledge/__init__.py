@@ -6,10 +6,11 @@ Public entry points others use:
 - :func:`edged.knowledge.status.index_status` - facts for ``edgectl status``,
 - ``edged-index-sync`` (:mod:`edged.knowledge.sync`) - builds and updates the index.
 
+``make eval`` runs :mod:`edged.knowledge.evaluate` (real corpora, labelled questions).
+
 :data:`SAMPLE_KB` is the packaged sample knowledge base the demo indexes.
 """
 
 from pathlib import Path
 
 SAMPLE_KB = Path(__file__).resolve().parent.parent / "data" / "knowledge"
-SAMPLE_QUERIES = Path(__file__).resolve().parent.parent / "data" / "knowledge-queries.json"

@@ -52,32 +52,58 @@ class Fetched:
 
 
 class DirectorySource:
-    """Every regular, non-hidden file under a directory; ids are POSIX relative paths."""
+    """Every regular, non-hidden file under a directory; ids are POSIX relative paths.
+
+    Symlinks are followed (a document tree is often assembled from links), safely: a directory
+    already on the current path (a cycle) or already listed through another link is not
+    entered again, and a dangling link is reported; each such problem lands in ``problems``,
+    which the sync reports as skipped, instead of the walk running away.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.description = str(root)
+        self.problems: list[str] = []
 
     def list(self) -> list[Listed]:
         if not self.root.is_dir():
             raise SourceUnreachable(f"source directory {self.root} does not exist")
+        self.problems = []
         out: list[Listed] = []
-        for path in sorted(self._walk(self.root)):
-            rel = path.relative_to(self.root).as_posix()
+        seen: set[tuple[int, int]] = set()
+        for rel, path in sorted(self._walk(self.root, PurePosixPath(), seen, ())):
             try:
                 out.append(Listed(rel, size=path.stat().st_size))
             except OSError:
                 out.append(Listed(rel))   # vanished or unreadable: fetch() reports it
         return out
 
-    def _walk(self, d: Path) -> Iterator[Path]:
-        for p in d.iterdir():
+    def _walk(self, d: Path, rel: PurePosixPath, seen: set[tuple[int, int]],
+              ancestors: tuple[tuple[int, int], ...]) -> Iterator[tuple[str, Path]]:
+        st = d.stat()
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            self.problems.append(f"{rel.as_posix()}: symlink cycle (leads back to a directory "
+                                 "above it); not followed")
+            return
+        if key in seen:
+            self.problems.append(f"{rel.as_posix()}: directory already indexed through another "
+                                 "path (symlink); not indexed twice")
+            return
+        seen.add(key)
+        for p in sorted(d.iterdir()):
             if p.name.startswith("."):
                 continue
-            if p.is_dir():
-                yield from self._walk(p)
-            elif p.is_file():
-                yield p
+            child = rel / p.name
+            try:
+                if p.is_dir():
+                    yield from self._walk(p, child, seen, (*ancestors, key))
+                elif p.is_file():
+                    yield child.as_posix(), p
+                elif p.is_symlink():
+                    self.problems.append(f"{child.as_posix()}: dangling symlink; not indexed")
+            except OSError as e:
+                self.problems.append(f"{child.as_posix()}: cannot read: {e.strerror}")
 
     def fetch(self, item: Listed, stored: DocRow | None, max_bytes: int) -> Fetched:
         try:

@@ -1,13 +1,15 @@
 """edged-index-sync: bring the knowledge index up to date with its source, crash-safely.
 
-Run nightly by a systemd timer and by hand. Every run that changes anything builds a NEW
-generation (``index-<gen>.db``) beside the live one - a copy through the SQLite backup API for an
-incremental run, an empty DB for a rebuild - applies the changes (each document's delete+insert
-in one transaction), verifies it (integrity_check, meta, row counts, a test KNN and FTS query),
-checkpoints and fsyncs it, and only then flips the ``CURRENT`` pointer (tmp + fsync + rename +
-fsync dir). The daemon's searcher notices the pointer change before its next query. A run killed
-at any point leaves ``CURRENT`` naming a complete, verified generation; the next run deletes the
-leftovers. A run with nothing to change writes nothing but its result record.
+Run nightly by a systemd timer and by hand. Every run that changes anything makes a NEW
+generation (``index-<gen>.db``) beside the live one - the standby (the previous live generation)
+renamed and brought level with the live one, or a copy through the SQLite backup API when there
+is no usable standby, or an empty DB for a rebuild - applies the changes (each document's
+delete+insert in one transaction), compacts and verifies it (integrity_check, meta, row counts, a
+test KNN and FTS query), fsyncs it, and only then flips the ``CURRENT`` pointer (tmp + fsync +
+rename + fsync dir). The old live generation becomes the standby. The daemon's searcher
+notices the pointer change before its next query. A run killed at any point leaves ``CURRENT``
+naming a complete, verified generation; the next run deletes the leftovers. A run with nothing
+to change writes nothing but its result record.
 
 Incremental by content hash: unchanged documents are neither parsed nor embedded. An embedder,
 chunker, tokenizer or schema change (meta mismatch) or ``--full`` rebuilds from scratch.
@@ -27,16 +29,17 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from edged.config import ConfigError, Settings, load_settings
 from edged.knowledge import store
-from edged.knowledge.chunking import DocumentError, ParsedDoc, kind_of, parse
+from edged.knowledge.chunking import Chunk, DocumentError, ParsedDoc, kind_of, parse
 from edged.knowledge.embedders import Embedder, EmbedderError, make_embedder
 from edged.knowledge.sources import FetchError, Listed, Source, SourceUnreachable, open_source
 
@@ -59,6 +62,7 @@ EXIT_CODES_HELP = """exit codes:
 """
 
 RECORD_FILE = "last-sync.json"
+READER_WAIT_S = 10.0   # how long a recycling run waits for a query still running on the standby
 KILL_ENV = "EDGED_SYNC_KILL_AT"   # test hook: SIGKILL this process at checkpoint N
 
 
@@ -138,13 +142,17 @@ def _remove_db_files(path: Path) -> None:
             Path(f"{path}{suffix}").unlink()
 
 
-def _cleanup(index_dir: Path, keep: int | None) -> int:
-    """Delete every generation but ``keep`` (leftovers of killed runs, superseded ones).
+def _cleanup(index_dir: Path, live: int | None, standby: bool = True) -> tuple[int, Path | None]:
+    """Delete every generation file but the live one and, if ``standby``, the newest older one
+    (the previous live generation, kept to be recycled by the next changing run); leftovers of
+    killed runs are newer than the live one and always go.
 
-    Returns the highest generation number seen, so numbers only ever grow. Deleting a file a
-    reader still has open is safe on Linux: its descriptor keeps the data until it reopens.
+    Returns the highest generation number seen (numbers only ever grow) and the standby's path.
+    Deleting a file a reader still has open is safe on Linux: its descriptor keeps the data
+    until it reopens.
     """
-    highest = keep or 0
+    highest = live or 0
+    older: dict[int, list[Path]] = {}
     for p in index_dir.iterdir():
         base = p.name.split("-wal")[0].split("-shm")[0].split("-journal")[0]
         gen = store.generation_of(Path(base))
@@ -153,10 +161,51 @@ def _cleanup(index_dir: Path, keep: int | None) -> int:
                 p.unlink()
             continue
         highest = max(highest, gen)
+        if gen != live:
+            older.setdefault(gen, []).append(p)
+    keep = max((g for g in older if live is not None and g < live), default=None) \
+        if standby else None
+    if keep is not None and older[keep] != [store.db_path(index_dir, keep)]:
+        keep = None   # a journal beside it: not a cleanly published file, do not reuse it
+    for gen, paths in older.items():
         if gen != keep:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-    return highest
+            for p in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+    return highest, (store.db_path(index_dir, keep) if keep is not None else None)
+
+
+def _recycle(standby: Path, path: Path, live: sqlite3.Connection, emb: Embedder,
+             cp: _Checkpoints) -> sqlite3.Connection | None:
+    """The next generation made from the standby (the previous live generation): renamed to
+    ``path``, then brought level with the live one by copying the documents that differ. Only
+    the last run's changes are written, never the whole index. None if the standby cannot be
+    used (built for another embedder, unreadable, or a reader still in a query on it after
+    READER_WAIT_S): the caller copies the live generation instead."""
+    fd = os.open(standby, os.O_RDONLY)
+    try:
+        if not store.exclusive(fd, READER_WAIT_S):
+            log.warning("a reader is still using %s; copying the live generation instead",
+                        standby.name)
+            return None
+        try:
+            with contextlib.closing(store.connect_ro(standby)) as probe:
+                why = store.incompatibility(store.read_meta(probe), emb.name, emb.dims)
+        except (store.IndexUnavailable, sqlite3.Error) as e:
+            why = str(e)
+        if why:
+            log.info("standby %s not reusable (%s)", standby.name, why)
+            return None
+        standby.rename(path)   # from here on a killed run leaves a leftover the next deletes
+        store.fsync_dir(path.parent)
+        cp("standby-renamed")
+        conn = store.connect_rw(path)
+        n = store.catch_up(live, conn)
+        log.info("recycled %s as %s: %d documents brought level", standby.name, path.name, n)
+        cp("standby-caught-up")
+        return conn
+    finally:
+        os.close(fd)
 
 
 def _embed_text(title: str, heading: str, text: str) -> str:
@@ -185,7 +234,7 @@ def run_sync(settings: Settings, *, source: str | None = None, index_dir: Path |
         except store.IndexUnavailable as e:
             log.warning("%s; rebuilding", e)
             current = None
-        highest = _cleanup(index_dir, current)
+        highest, standby = _cleanup(index_dir, current)
         cp("cleaned-leftovers")
         emb = embedder or make_embedder(settings)
         old = None
@@ -200,7 +249,8 @@ def run_sync(settings: Settings, *, source: str | None = None, index_dir: Path |
                     old.close()
                 old = None
         try:
-            _sync_into(settings, src, index_dir, old, current, highest, full, emb, result, cp)
+            _sync_into(settings, src, index_dir, old, current, standby, highest, full, emb,
+                       result, cp)
         finally:
             if old is not None:
                 old.close()
@@ -270,8 +320,8 @@ def _prepare(src: Source, item: Listed, plan: _Plan,
 
 
 def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Connection | None,
-               current: int | None, highest: int, full: bool, emb: Embedder,
-               result: SyncResult, cp: _Checkpoints) -> None:
+               current: int | None, standby: Path | None, highest: int, full: bool,
+               emb: Embedder, result: SyncResult, cp: _Checkpoints) -> None:
     """Stream the listing into a new generation, created only once something must change
     (documents are embedded and written one at a time: memory stays flat on a 512 MB Pi)."""
     result.previous_generation = current
@@ -292,7 +342,11 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
     def new_generation() -> sqlite3.Connection:
         if plan.reuse:
             assert old is not None
-            dst = sqlite3.connect(path)
+            recycled = _recycle(standby, path, old, emb, cp) if standby is not None else None
+            if recycled is not None:
+                cp("generation-created")
+                return recycled
+            dst = sqlite3.connect(path)   # no standby: a whole copy of the live generation
             old.backup(dst)
             dst.close()
             c = store.connect_rw(path)
@@ -311,12 +365,20 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
                 row, parsed = todo
                 if conn is None:
                     conn = new_generation()
-                texts = [_embed_text(row.title, c.heading, c.text) for c in parsed.chunks]
-                vectors = runner.run(emb.embed(texts, "document"))
-                result.chunks_embedded += len(texts)
-                cp(f"embedded {row.source_id}")
-                store.replace_document(conn, row, parsed.chunks, vectors)
-                cp(f"written {row.source_id}")
+
+
+                def embed(batch: Sequence[Chunk], title: str = row.title) -> np.ndarray:
+                    texts = [_embed_text(title, c.heading, c.text) for c in batch]
+                    return runner.run(emb.embed(texts, "document"))
+
+                cp(f"parsed {row.source_id}")
+                store.replace_document(conn, row, parsed.chunks, embed)
+                result.chunks_embedded += len(parsed.chunks)
+                cp(f"embedded and written {row.source_id}")
+        for problem in getattr(src, "problems", []):
+            result.errors.append(problem)
+            result.skipped += 1
+            log.warning("skipped %s", problem)
         if conn is None and plan.reuse and not removed:   # nothing to change: no new file
             assert old is not None
             result.generation = current
@@ -331,11 +393,12 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with store.transaction(conn):
             store.set_meta(conn, generation=str(gen), updated_at=now,
+                           summary=json.dumps(_summary(conn), ensure_ascii=False),
                            **({} if plan.reuse else {"built_at": now}))
         cp("meta-written")
+        store.compact(conn)
         store.verify(conn)
         cp("verified")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         store.fsync_file(path)
         store.fsync_dir(index_dir)
@@ -349,10 +412,19 @@ def _sync_into(settings: Settings, src: Source, index_dir: Path, old: sqlite3.Co
     store.write_pointer(index_dir, gen, cp)
     cp("published")
     result.generation = gen
-    _cleanup(index_dir, gen)
+    _cleanup(index_dir, gen, standby=plan.reuse)   # after a rebuild the old one is no use
     cp("old-generations-removed")
     with contextlib.closing(store.connect_ro(path)) as fresh:
         _fill_totals(result, fresh, path)
+
+
+def _summary(conn: sqlite3.Connection) -> dict[str, object]:
+    """What the index covers, for the tool description: languages and the biggest titles."""
+    langs = dict(conn.execute("SELECT lang, count(*) FROM chunks GROUP BY lang").fetchall())
+    titles = [t for (t,) in conn.execute(
+        "SELECT title FROM documents ORDER BY n_chunks DESC, source_id LIMIT 12")]
+    docs = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+    return {"documents": docs, "chunks_by_language": langs, "titles": titles}
 
 
 def _fill_totals(result: SyncResult, conn: sqlite3.Connection, path: Path) -> None:
@@ -468,10 +540,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-dir", type=Path, help="override knowledge.index_dir")
     ap.add_argument("--state-dir", type=Path, help="override sync.state_dir (result record)")
     ap.add_argument("--full", action="store_true", help="rebuild from scratch (new generation)")
-    ap.add_argument("--eval", action="store_true",
-                    help="evaluate retrieval on the sample knowledge base and labelled queries "
-                         "(recall@5, MRR@10 for fts, vector, hybrid); builds a temporary index")
-    ap.add_argument("--queries", type=Path, help="labelled queries JSON for --eval")
     ap.add_argument("--json", action="store_true", help="print the result record as JSON")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -484,10 +552,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"edged-index-sync: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.eval:
-        from edged.knowledge.evaluate import run_eval  # eval-only imports
-
-        return run_eval(settings, run_sync, args.queries)
     result = sync_and_record(settings, source=args.source, index_dir=args.index_dir,
                              full=args.full)
     if args.json:

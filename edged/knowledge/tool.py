@@ -1,22 +1,33 @@
 """The ``search_knowledge`` tool the Live session offers the model.
 
 Why the shape of the answer: a voice model reads it aloud, so the payload is a handful of short
-cited snippets (title, source, heading, text, score) within ``knowledge.char_budget``. An empty
-result says so in words and tells the model to answer without the tool - otherwise Live models
-tend to repeat the same call (gemini_live.md). Failures (no index, wrong embedder) raise
-:class:`ToolError`, which the registry turns into an error payload; SQLite work runs in a thread,
-so a slow index costs the registry's timeout, never the event loop.
+cited snippets (title, source, heading, text, relevance) within ``knowledge.char_budget``. Each
+passage carries a calibrated relevance (0-1); passages below ``knowledge.min_relevance`` are not
+sent, and when none is left the answer says "nothing relevant" in words and tells the model to
+answer without the tool - otherwise Live models tend to repeat the same call (gemini_live.md).
+
+Why a ``translation`` argument: the documents are Spanish and English, the words of a Spanish
+question never occur in an English page, and Gemini translates for free. The model is asked to
+pass the question in the other language too; both phrasings feed the lexical query and the
+vector side (the best of the two cosines counts).
+
+Failures (no index, wrong embedder) raise :class:`ToolError`, which the registry turns into an
+error payload; SQLite work runs in a thread, so a slow index costs the registry's timeout,
+never the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sqlite3
 from typing import Any
 
 from edged.config import Settings
+from edged.knowledge import store
 from edged.knowledge.embedders import Embedder, EmbedderError, make_embedder
-from edged.knowledge.search import Searcher, cite
+from edged.knowledge.search import Relevance, Searcher, cite
 from edged.knowledge.store import IndexUnavailable
 from edged.tools import Tool, ToolError
 
@@ -24,28 +35,62 @@ NAME = "search_knowledge"
 MAX_QUERY_CHARS = 500
 MAX_TOP_K = 10
 
-DESCRIPTION = (
-    "Search the device's knowledge base (Spanish and English documents) and return short cited "
-    "passages. Use it for questions about topics the user's documents cover, e.g. MLOps, "
-    "governance, the device itself. Pass the user's question in their own words. Cite the "
-    "title of the passage you use."
+USAGE = (
+    "Pass the user's question in their own words as `query`, and the same question in the "
+    "other language (English if they spoke Spanish, Spanish otherwise) as `translation`. "
+    "Each passage has a relevance from 0 to 1; answer from the passages and cite the title "
+    "of the one you use. If the result says nothing relevant was found, do not search again "
+    "for the same question: say the documents do not cover it."
 )
 
-PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS,
-                  "description": "The question or keywords, in the user's language."},
-        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K,
-                  "description": "How many passages to return; omit it for the default."},
-    },
-    "required": ["query"],
-    "additionalProperties": False,
-}
+NOTHING_RELEVANT = ("Nothing relevant: no passage in the knowledge base answers this question. "
+                    "Do not search again for the same question: tell the user the documents do "
+                    "not cover it, then answer from general knowledge if you can, saying so.")
 
-NOTHING_FOUND = ("No passage in the knowledge base matches this query. Do not search again for "
-                 "the same question: answer from general knowledge and say that the knowledge "
-                 "base does not cover it, or ask the user to rephrase.")
+
+def parameters() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS,
+                      "description": "The question or keywords, in the user's language."},
+            "translation": {"type": "string", "maxLength": MAX_QUERY_CHARS,
+                            "description": "The same question in the other language of the "
+                                           "knowledge base (English <-> Spanish)."},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K,
+                      "description": "How many passages to return; omit it for the default."},
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    }
+
+
+def describe(settings: Settings) -> str:
+    """The tool description: what the index covers, from config or the live index's summary
+    (written by the sync), so the model knows when the tool is worth calling."""
+    k = settings.knowledge
+    covers = k.description
+    if not covers:
+        covers = "the user's documents"
+        with contextlib.suppress(Exception):   # no index yet: the generic description
+            gen = store.read_pointer(k.index_dir)
+            if gen is not None:
+                with contextlib.closing(store.connect_ro(store.db_path(k.index_dir, gen))) as c:
+                    summary = json.loads(store.read_meta(c).get("summary", "{}"))
+                langs = {"es": "Spanish", "en": "English"}
+                by_lang = summary.get("chunks_by_language", {})
+                names = " and ".join(langs[x] for x in ("es", "en") if by_lang.get(x))
+                titles = "; ".join(summary.get("titles", [])[:8])
+                covers = (f"{summary.get('documents', 0)} {names} documents, e.g. {titles}")
+    return f"Search the device's knowledge base ({covers}) and return short cited passages. " \
+        + USAGE
+
+
+def answer(hits: list[Any], query: str, char_budget: int) -> dict[str, Any]:
+    """The payload the model receives (the evaluation reports exactly this)."""
+    if not hits:
+        return {"results": [], "query": query, "message": NOTHING_RELEVANT}
+    return {"results": cite(hits, char_budget), "query": query}
 
 
 def make_search_tool(settings: Settings, *, embedder: Embedder | None = None) -> Tool:
@@ -65,8 +110,8 @@ def make_search_tool(settings: Settings, *, embedder: Embedder | None = None) ->
                                     retryable=True) from None
             if state["searcher"] is None:
                 state["searcher"] = Searcher(
-                    k.index_dir, weight_fts=k.weight_fts, weight_vec=k.weight_vec,
-                    rrf_k=k.rrf_k, min_vector_similarity=k.min_vector_similarity,
+                    k.index_dir, relevance=Relevance.from_settings(k),
+                    max_per_document=k.max_passages_per_document,
                     embedder_name=state["embedder"].name)
         return state["embedder"], state["searcher"]
 
@@ -74,20 +119,22 @@ def make_search_tool(settings: Settings, *, embedder: Embedder | None = None) ->
         query = " ".join(str(args.get("query", "")).split())
         if not query or not any(c.isalnum() for c in query):
             raise ToolError("query has no words; pass the user's question as text")
+        translation = " ".join(str(args.get("translation", "")).split())
+        also = (translation,) if any(c.isalnum() for c in translation) else ()
         top_k = args.get("top_k", k.top_k)
         if top_k != int(top_k):
             raise ToolError(f"top_k must be a whole number 1-{MAX_TOP_K}, got {top_k!r}")
         emb, searcher = await ready()
         try:
-            vector = (await emb.embed([query], "query"))[0]
-            hits = await asyncio.to_thread(searcher.search, query, vector, int(top_k))
+            vectors = await emb.embed([query, *also], "query")
+            hits = await asyncio.to_thread(searcher.search, query, vectors, int(top_k),
+                                           also=also)
         except (IndexUnavailable, EmbedderError) as e:
             raise ToolError(str(e)) from None
         except sqlite3.Error as e:
             raise ToolError(f"knowledge index error: {e}; try again later",
                             retryable=True) from None
-        if not hits:
-            return {"results": [], "query": query, "message": NOTHING_FOUND}
-        return {"results": cite(hits, k.char_budget), "query": query}
+        return answer(hits, query, k.char_budget)
 
-    return Tool(name=NAME, description=DESCRIPTION, parameters=PARAMETERS, handler=handler)
+    return Tool(name=NAME, description=describe(settings), parameters=parameters(),
+                handler=handler)
