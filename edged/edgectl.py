@@ -139,6 +139,46 @@ def _camera_line(cam: dict[str, Any]) -> str:
     return line.rstrip()
 
 
+def _listen_line(ls: Any) -> str:
+    """Listening mode, wake word and the open window: what the device would answer now."""
+    if not isinstance(ls, dict):
+        return "-"
+    line = str(ls.get("mode", "?"))
+    if ls.get("wake_model"):
+        line += f" · wake word {ls['wake_model']} · wakes {ls.get('wakes', 0)}"
+        line += f" (last {_hm(ls.get('last_wake'))})" if ls.get("last_wake") else ""
+    if ls.get("awaiting_question_s") is not None:
+        line += f" · listening for the question ({ls['awaiting_question_s']} s left)"
+    if ls.get("follow_up_s") is not None:
+        line += f" · follow-up open ({ls['follow_up_s']} s left)"
+    return line + f" · barge-in by {ls.get('barge_in', '?')}"
+
+
+def _echo_line(echo: Any) -> str:
+    """Whether the echo canceller may be trusted for barge-in, and what happens if not."""
+    if not isinstance(echo, dict):
+        return "-"
+    if not echo.get("cancellation"):
+        return f"cancellation off · barge-in while speaking: {echo.get('fallback_policy')}"
+    line = str(echo.get("state", "?")).replace("_", " ")
+    if echo.get("erle_db") is not None:
+        line += f" · ERLE {echo['erle_db']} dB"
+    if echo.get("failing"):
+        line += (" · NOT CONVERGING: barge-in falls back to "
+                 f"{echo.get('fallback_policy')} (check speaker/mic levels, see docs/voice.md)")
+    return line
+
+
+def _vad_line(vad: Any, frontend: Any) -> str:
+    if not isinstance(vad, dict):
+        return "-"
+    line = (f"{vad.get('engine', '?')} · gate {vad.get('gate', '?')} · turns "
+            f"{vad.get('turns', 0)} · sent {vad.get('gated_ratio', 0):.1%} of what it heard")
+    if isinstance(frontend, dict) and frontend.get("cpu_per_audio_s") is not None:
+        line += f" · front end {frontend['cpu_per_audio_s']:.1%} of a core"
+    return line
+
+
 def _short(text: Any, n: int = 48) -> str:
     t = " ".join(str(text or "").split())
     return t if len(t) <= n else t[:n - 1] + "…"
@@ -230,8 +270,9 @@ def format_status(st: Status, style: _Style) -> str:
     audio = st.get("audio") or {}
     row("audio in", _device_line(audio.get("capture")))
     row("audio out", _device_line(audio.get("playback")))
-    vad = audio.get("vad")
-    row("VAD", _kv(vad, *vad.keys()) if isinstance(vad, dict) else "-")
+    row("listen", _listen_line(audio.get("listen")))
+    row("echo", _echo_line(audio.get("echo")))
+    row("VAD", _vad_line(audio.get("vad"), audio.get("frontend")))
     row("camera", _camera_line(st.get("camera") or {}))
     idx = st.get("index") or {}
     iline = f"gen {idx.get('generation', '-')}"
@@ -260,7 +301,8 @@ def format_status(st: Status, style: _Style) -> str:
     for t in turns[-5:]:
         lat = t.get("latency_s")
         lat_s = f"{lat:.2f}s" if isinstance(lat, int | float) else "  -  "
-        lines.append(f"    {_hm(t.get('ts'))} {t.get('kind', '?'):<5} {lat_s:>6}  "
+        opened_by = t.get("trigger") or t.get("kind") or "?"
+        lines.append(f"    {_hm(t.get('ts'))} {opened_by:<9} {lat_s:>6}  "
                      f"{_short(t.get('user'), 30)!r} → {_short(t.get('model'), 40)!r}")
     return "\n".join(lines)
 
@@ -316,6 +358,17 @@ def _cmd_mute(muted: bool) -> Any:
             _emit(f"microphone {'muted' if now_muted else 'unmuted'}\n")
         return EXIT_OK
     return run
+
+
+def _cmd_listen(a: argparse.Namespace) -> int:
+    r = _client(a).listen()
+    if a.json:
+        _emit(json.dumps(r, ensure_ascii=False) + "\n")
+    elif r.get("reason"):
+        _emit(f"listening ({r['reason']})\n")
+    else:
+        _emit(f"listening: the question may start within {r.get('question_timeout_s')} s\n")
+    return EXIT_OK
 
 
 def _cmd_metrics(a: argparse.Namespace) -> int:
@@ -447,13 +500,16 @@ def _seconds(text: str) -> float:
 
 
 VERBS: dict[str, str] = {
-    "status": "health summary, then session, audio, VAD, camera, index, config and the last "
-              "turns (exit 0 healthy, 1 degraded)",
+    "status": "health summary, then session, audio, listening mode and wake word, echo "
+              "canceller, VAD, camera, index, config and the last turns (exit 0 healthy, "
+              "1 degraded)",
     "health": "one line: healthy, or degraded with the problems (same exit codes as status)",
     "reload": "re-read the config file; an invalid one is rejected and the old one kept "
               "(exit 1)",
     "mute": "mute the microphone (nothing is heard or sent until unmute)",
     "unmute": "unmute the microphone",
+    "listen": "open a turn now, as the wake word would, in every listening mode (a button, "
+              "a GPIO script, an automation); over a reply it stops the reply",
     "ask": "ask a question by text; the answer streams back (and is spoken)",
     "events": "stream state changes, turns, transcripts, tool calls, reconnects, health ... "
               "until the daemon stops or the output is closed",
@@ -472,13 +528,13 @@ def _epilog() -> str:
                        for code, meaning in EXIT_CODES.items())
     notes = "\n".join(textwrap.fill(p, 79, subsequent_indent="  ") for p in (
         "--json (before or after the command): machine-readable output. status, health, "
-        "reload, mute, unmute and feedback print one JSON document; ask and events one JSON "
-        "object per line; metrics is Prometheus text either way. The status document "
+        "reload, mute, unmute, listen and feedback print one JSON document; ask and events "
+        "one JSON object per line; metrics is Prometheus text either way. The status document "
         "carries a schema_version: use it in scripts, the human format may change.",
         "Pipes: `edgectl status | head -1` exits with the health code; `edgectl events | "
         "head -2` ends after two events.",
-        "reload, mute, unmute, ask, look, feedback and ota apply change state: they need root, the "
-        "daemon's user or a member of the control group (edged)."))
+        "reload, mute, unmute, listen, ask, look, feedback and ota apply change state: they "
+        "need root, the daemon's user or a member of the control group (edged)."))
     return f"exit codes:\n{codes}\n\n{notes}"
 
 
@@ -511,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("reload", _cmd_reload)
     add("mute", _cmd_mute(True))
     add("unmute", _cmd_mute(False))
+    add("listen", _cmd_listen)
     add("ask", _cmd_ask).add_argument("text", nargs="+", help="the question")
     add("events", _cmd_events)
     add("metrics", _cmd_metrics)

@@ -6,11 +6,12 @@
 * optionally ``/metrics`` over HTTP when ``metrics.http_port`` is set, bound to
   ``metrics.http_host`` (127.0.0.1 unless changed).
 
-Two kinds of numbers: *events* (turn latency, reconnects by cause, tool calls, feedback) are
-prometheus_client Counters/Histograms fed by :meth:`Metrics.on_event`, an observer on the
-daemon's event bus; *state* that components already keep (bytes up/down, VAD gate ratio, index
-generation/size, last sync) is copied into a snapshot by the daemon's event loop and rendered
-by a custom collector, so scrapes from the HTTP thread never call into components.
+Two kinds of numbers: *events* (turn latency, turns by what opened them, wake words, reconnects
+by cause, tool calls, feedback) are prometheus_client Counters/Histograms fed by
+:meth:`Metrics.on_event`, an observer on the daemon's event bus; *state* that components already
+keep (bytes up/down, VAD gate ratio, index generation/size, last sync) is copied into a snapshot
+by the daemon's event loop and rendered by a custom collector, so scrapes from the HTTP thread
+never call into components.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from edged.events import (
     Reconnecting,
     ToolCallFinished,
     TurnFinished,
+    WakeWordDetected,
 )
 from edged.redact import redact
 
@@ -128,7 +130,7 @@ class _SnapshotCollector(Collector):
 class Metrics:
     # the events :meth:`on_event` counts (what to observe it for)
     EVENTS: tuple[type[Event], ...] = (TurnFinished, Reconnecting, ToolCallFinished,
-                                       FeedbackGiven, OtaChanged)
+                                       FeedbackGiven, OtaChanged, WakeWordDetected)
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -137,7 +139,12 @@ class Metrics:
             "edged_turn_latency_seconds",
             "From end of user speech (or text sent) to the first reply audio/text",
             ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.turns = Counter("edged_turns", "Completed turns", ["kind"], registry=self.registry)
+        self.turns = Counter(
+            "edged_turns", "Finished turns, by kind (voice, text) and by what opened them (wake, "
+            "follow_up, listen, barge_in, vad, text)", ["kind", "trigger"],
+            registry=self.registry)
+        self.wakes = Counter("edged_wake_word_detections", "Wake word detections, by model",
+                             ["model"], registry=self.registry)
         self.reconnects = Counter(
             "edged_live_reconnects", "Live session reconnects, by close code (or goaway, "
             "reconfigure, stall, network, config, error when there was none)",
@@ -167,13 +174,15 @@ class Metrics:
             kind, latency = ev.record.kind, ev.record.latency_s
             if latency is not None:
                 self.turn_latency.labels(kind).observe(latency)
-            self.turns.labels(kind).inc()
+            self.turns.labels(kind, ev.record.trigger or "none").inc()
         elif isinstance(ev, Reconnecting):
             self.reconnects.labels(_label(ev.cause)).inc()
         elif isinstance(ev, ToolCallFinished):
             tool = _label(ev.name)
             self.tool_calls.labels(tool, "ok" if ev.ok else "error").inc()
             self.tool_duration.labels(tool).observe(ev.duration_s)
+        elif isinstance(ev, WakeWordDetected):
+            self.wakes.labels(_label(ev.model)).inc()
         elif isinstance(ev, FeedbackGiven):
             self.feedback.labels(ev.rating).inc()
         elif isinstance(ev, OtaChanged):

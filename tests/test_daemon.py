@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from edged.camera.jpeg import jpeg_size
-from edged_testing.alsa import VirtualAlsa
+from edged_testing import material as m
+from edged_testing.alsa import Codec, VirtualAlsa
 from edged_testing.camera import STUBS_DIR
 from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
 
@@ -100,6 +101,7 @@ class Daemon:
     config: Path
     state_dir: Path
     stderr_file: Path
+    mic: Codec | None = None       # the virtual sound card's microphone (devices=True)
 
     async def edgectl(self, *args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
@@ -174,8 +176,7 @@ async def start_daemon(tmp: Path, sim: LiveSimulator, index_dirs: Path,
         if not (tmp / d).exists():
             (tmp / d).symlink_to(index_dirs / d)
     alsa = VirtualAlsa(tmp / "alsa")
-    if devices:
-        alsa.add_codec("mic", "spk")
+    mic = alsa.add_codec("mic", "spk") if devices else None
     cfg = tmp / "edged.toml"
     write_config(cfg, tmp, sim, **overrides)
     nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -192,7 +193,7 @@ async def start_daemon(tmp: Path, sim: LiveSimulator, index_dirs: Path,
             "--override", str(tmp / "no-override.toml"), stdin=subprocess.DEVNULL,
             stdout=err, stderr=err, env=env, cwd=str(tmp))
     return (Daemon(proc, Notifications(nsock), tmp / "run" / "control.sock", cfg,
-                   tmp / "state", stderr_file), alsa)
+                   tmp / "state", stderr_file, mic), alsa)
 
 
 async def stop(d: Daemon, alsa: VirtualAlsa) -> int:
@@ -246,7 +247,8 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
         lines = out.splitlines()
         assert lines[0] == "edged: healthy"
         assert "\033[" not in out                     # not a TTY: no colour
-        for label in ("session", "audio in", "audio out", "VAD", "camera", "index", "config"):
+        for label in ("session", "audio in", "audio out", "listen", "echo", "VAD", "camera",
+                      "index", "config"):
             assert any(line.strip().startswith(label) for line in lines), (label, out)
 
         # ask: the answer streams back (partials, then a final line with the whole turn).
@@ -374,10 +376,52 @@ async def test_lifecycle_notify_watchdog_reload_status_and_stop(
         assert first["READY"] < first["WATCHDOG"] < first["RELOADING"] < first["STOPPING"]
         assert order[-1] == "STOPPING=1"
         prom = (tmp_path / "prom" / "edged.prom").read_text()   # final write at stop
-        assert 'edged_turns_total{kind="text"} 1.0' in prom
+        assert 'edged_turns_total{kind="text",trigger="text"} 1.0' in prom
         logs = d.stderr_file.read_text()
         assert "reload rejected" in logs and "configuration reloaded" in logs
         assert API_KEY not in logs
+    finally:
+        await stop(d, alsa)
+
+
+async def test_edgectl_listen_is_the_button_in_manual_mode(
+        tmp_path: Path, sim: LiveSimulator, index_dirs: Path) -> None:
+    """``listen.mode = "manual"``: speech alone sends nothing; ``edgectl listen`` (a button, a
+    GPIO script) opens one turn whose audio goes up, shown in status and counted by trigger;
+    while muted it is refused."""
+    d, alsa = await start_daemon(tmp_path, sim, index_dirs, listen__mode='"manual"')
+    try:
+        await d.notify.wait_for(_is("READY=1"))
+        await d.wait_status(lambda s: s["health"] == "healthy"
+                            and s["audio"]["capture"]["state"] == "running")
+        assert d.mic is not None
+        question = m.scale_to(m.say("Hola, ¿me oyes bien?", "es"), -26)
+        unasked = d.mic.play(m.silence(300) + question + m.silence(1500))
+        assert await asyncio.to_thread(unasked.done.wait, 60)
+        st = await d.wait_status(lambda s: s["audio"]["vad"]["turns"] >= 1)
+        assert st["audio"]["state"] == "idle"
+        assert not sim.messages("realtimeInput"), "speech nobody addressed went up"
+
+        rc, out, err = await d.edgectl("listen")
+        assert rc == 0, err
+        assert out.startswith("listening: the question may start within 6.0 s"), out
+        d.mic.play(question + m.silence(1500))
+        st = await d.wait_status(lambda s: any(t["trigger"] == "listen" for t in s["turns"]),
+                                 within_s=90)
+        assert st["audio"]["listen"]["mode"] == "manual"
+        starts = [b for _, b in sim.messages("realtimeInput")
+                  if "activityStart" in b["realtimeInput"]]
+        assert len(starts) == 1
+        assert any("audio" in b["realtimeInput"] for _, b in sim.messages("realtimeInput"))
+        rc, metrics, _ = await d.edgectl("metrics")
+        assert 'edged_turns_total{kind="voice",trigger="listen"} 1.0' in metrics
+        rc, out, _ = await d.edgectl("status")
+        assert any(line.split()[:2] == ["listen", "manual"] for line in out.splitlines()), out
+
+        rc, _, _ = await d.edgectl("mute")
+        assert rc == 0
+        rc, out, err = await d.edgectl("listen")
+        assert rc == 1 and "muted" in err and "edgectl unmute" in err
     finally:
         await stop(d, alsa)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.config import MetricsSettings
+from edged.events import TurnFinished, TurnRecord, WakeWordDetected
 from edged.metrics import Metrics, Snapshot
 
 
@@ -21,7 +22,7 @@ def _filled() -> Metrics:
     m = Metrics()
     m.turn_latency.labels("voice").observe(0.6)
     m.turn_latency.labels("voice").observe(2.5)
-    m.turns.labels("voice").inc(2)
+    m.turns.labels("voice", "wake").inc(2)
     m.reconnects.labels("1011").inc()
     m.tool_calls.labels("search_knowledge", "ok").inc()
     m.tool_duration.labels("search_knowledge").observe(0.004)
@@ -45,6 +46,21 @@ def test_exposition_parses_and_has_the_numbers() -> None:
     assert s[("edged_index_last_sync_success", ())] == 0
     assert s[("edged_component_ok", (("component", "camera"), ("state", "degraded")))] == 0
     assert s[("edged_healthy", ())] == 1
+
+
+def test_wakes_and_turns_by_trigger_are_counted_from_events() -> None:
+    m = Metrics()
+    for ev in (WakeWordDetected("okay_nabu", 0.97), WakeWordDetected("okay_nabu", 0.93),
+               TurnFinished(TurnRecord(trigger="wake")),
+               TurnFinished(TurnRecord(trigger="follow_up")),
+               TurnFinished(TurnRecord(trigger="follow_up")),
+               TurnFinished(TurnRecord(kind="text", mode="text", trigger="text"))):
+        m.on_event(ev)
+    s = prom_samples(m.render())
+    assert s[("edged_wake_word_detections_total", (("model", "okay_nabu"),))] == 2
+    assert s[("edged_turns_total", (("kind", "voice"), ("trigger", "wake")))] == 1
+    assert s[("edged_turns_total", (("kind", "voice"), ("trigger", "follow_up")))] == 2
+    assert s[("edged_turns_total", (("kind", "text"), ("trigger", "text")))] == 1
 
 
 def test_unknown_state_is_omitted_not_zero() -> None:

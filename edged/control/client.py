@@ -126,6 +126,11 @@ class ControlClient:
     def mute(self, muted: bool = True) -> bool:
         return bool(self.call1("mute" if muted else "unmute")["muted"])
 
+    def listen(self) -> dict[str, Any]:
+        """Open a turn now: ``{"listening": True, "question_timeout_s": ...}`` (or ``reason``
+        ``"already in a turn"``)."""
+        return cast(dict[str, Any], self.call1("listen"))
+
     def metrics(self) -> str:
         return str(self.call1("metrics")["text"])
 

@@ -65,6 +65,7 @@ class DaemonAPI(Protocol):
     def refresh_snapshot(self) -> None: ...
     async def reload(self, why: str) -> ReloadResult: ...
     async def set_mute(self, muted: bool, uid: int) -> bool: ...
+    async def listen(self, uid: int) -> dict[str, Any]: ...
 
 
 class ControlMethods:
@@ -81,6 +82,8 @@ class ControlMethods:
             "reload": Method(self._m_reload, mutating=True),
             "mute": Method(self._m_mute, mutating=True),
             "unmute": Method(self._m_unmute, mutating=True),
+            # opens the microphone to the cloud: for the same people as mute
+            "listen": Method(self._m_listen, mutating=True),
             "ask": Method(self._m_ask, mutating=True, streaming=True),
             "feedback": Method(self._m_feedback, mutating=True),
             # privacy: taking a photo is for members of control.group only, like mute
@@ -125,6 +128,11 @@ class ControlMethods:
 
     async def _m_unmute(self, params: Params, peer: Peer) -> dict[str, Any]:
         return {"muted": await self.d.set_mute(False, peer.uid)}
+
+    async def _m_listen(self, params: Params, peer: Peer) -> dict[str, Any]:
+        """A button, a GPIO script or an automation: the next words go to the model, in any
+        listening mode (over a reply, it stops the reply)."""
+        return await self.d.listen(peer.uid)
 
     async def _m_ask(self, params: Params, peer: Peer) -> AsyncIterator[Any]:
         text = params.get("text")

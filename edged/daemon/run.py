@@ -258,6 +258,19 @@ class Daemon:
         self.bus.publish(MuteChanged(muted, uid))
         return muted
 
+    async def listen(self, uid: int) -> dict[str, Any]:
+        """``edgectl listen``: open a turn now (see :meth:`VoiceLoop.listen`)."""
+        if self.voice is None:
+            raise ControlError(ErrorCode.UNAVAILABLE, "the voice loop is not running (see "
+                               "edgectl status); there is no microphone to listen with")
+        if self.muted:
+            raise ControlError(ErrorCode.UNAVAILABLE, "the microphone is muted; "
+                               "`edgectl unmute` first")
+        result: dict[str, Any] = self.voice.listen()
+        log.info("listening opened by uid %d (edgectl listen): %s", uid,
+                 result.get("reason", "waiting for the question"))
+        return result
+
     def _start_ota(self) -> None:
         if self._ota_store is None:
             return
