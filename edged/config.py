@@ -316,8 +316,11 @@ class ListenSettings(_Section):
         default="speech",
         description="What interrupts a reply: the user's speech, or only the wake word (noisy "
         "places where others talk)")
-    earcon: bool = Field(
-        default=True, description="A short sound on the speaker when the wake word is heard")
+    cues: list[Literal["wake", "offline", "back", "error"]] = Field(
+        default=["wake", "offline", "back", "error"],
+        description="Short sounds the device plays itself: wake (the wake word or `edgectl "
+        "listen` was heard), offline (a question while the cloud cannot be reached), back "
+        "(the network returned after that), error (a reply never came); [] for none")
 
     @model_validator(mode="after")
     def _check(self) -> ListenSettings:

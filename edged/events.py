@@ -361,6 +361,21 @@ class WakeWordDetected(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class CuePlayed(Event):
+    """The device played one of its own sounds (:mod:`edged.audio.cues`): ``cue`` which one,
+    ``reason`` why (``wake``, ``listen``, ``question_offline``, ``went_offline``, ``online``,
+    ``no_reply``)."""
+
+    type: ClassVar[str] = "cue"
+    cue: str
+    reason: str
+    t: float = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "cue": self.cue, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceChanged(Event):
     """A device (microphone, speaker, camera) opened, failed or is being retried."""
 

@@ -29,6 +29,7 @@ from edged.events import LIVE_EVENTS, EventBus, LiveEvent, TurnFinished, TurnRec
 from edged.live.session import LiveSession
 from edged.tools import Tool, ToolRegistry
 from edged_testing.alsa import Codec, Speaker, VirtualAlsa
+from edged_testing.netproxy import NetProxy
 from edged_testing.sim import LiveSimulator, Scenario
 
 MIC = "edged_mic"
@@ -55,6 +56,7 @@ class VoiceRig:
     voice: VoiceLoop
     events: asyncio.Queue[LiveEvent]      # a second subscription, for observers
     turns: asyncio.Queue[TurnFinished]
+    net: NetProxy | None = None           # between the session and the simulator (net=True)
 
     async def next_turn(self, timeout: float) -> TurnRecord:  # noqa: ASYNC109
         return (await asyncio.wait_for(self.turns.get(), timeout)).record
@@ -92,10 +94,11 @@ def rig_settings_data(sim: LiveSimulator, mode: str = "local",
 async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: str = "local",
                     speed: float = 1.0, extra: dict[str, Any] | None = None,
                     tools: list[Tool] | None = None,
-                    bus: EventBus | None = None) -> AsyncIterator[VoiceRig]:
+                    bus: EventBus | None = None, net: bool = False) -> AsyncIterator[VoiceRig]:
     """Start everything; yields once the Live session is connected and capture is running.
     ``bus``: the event bus to use (a component made before the rig, e.g. the camera, is on
-    it already)."""
+    it already); ``net``: reach the simulator through a :class:`NetProxy` (``rig.net``) so a
+    test can take the network away."""
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     va = VirtualAlsa(directory)
     try:
@@ -103,15 +106,22 @@ async def voice_rig(directory: Path, scenario: Scenario | None = None, *, mode: 
                            period_ms=(extra or {}).get("audio", {}).get("period_ms", 20))
         speaker = mic.speaker
         va.activate()
-        async with LiveSimulator(scenario or Scenario.default()) as sim:
+        async with contextlib.AsyncExitStack() as stack:
+            sim = await stack.enter_async_context(LiveSimulator(scenario or Scenario.default()))
+            proxy = (await stack.enter_async_context(NetProxy("127.0.0.1", sim.port))
+                     if net else None)
             settings = rig_settings(sim, mode, extra)
+            if proxy is not None:
+                settings = settings.model_copy(update={"gemini": settings.gemini.model_copy(
+                    update={"base_url": proxy.base_url})})
             registry = ToolRegistry(settings.tools.timeout_s)
             for tool in tools or []:
                 registry.register(tool)
             live = LiveSession(settings, registry, bus)
             voice = VoiceLoop(settings, live, live.bus)
             rig = VoiceRig(va, mic, speaker, sim, settings, live, voice,
-                           live.bus.subscribe(*LIVE_EVENTS), live.bus.subscribe(TurnFinished))
+                           live.bus.subscribe(*LIVE_EVENTS), live.bus.subscribe(TurnFinished),
+                           proxy)
             live_task = asyncio.create_task(live.run(), name="rig-live")
             voice_task = asyncio.create_task(voice.run(), name="rig-voice")
             try:

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from edged.audio import cues
 from edged.audio.playback import BYTES_PER_MS as OUT_BYTES_PER_MS
+from edged.events import CuePlayed, LinkChanged
 from edged_testing import material as m
 from edged_testing.sim import Reply, Rule, Scenario
 from edged_testing.voice_rig import VoiceRig, poll_until, voice_rig
@@ -207,3 +209,49 @@ async def test_mute_closes_the_turn_and_sends_nothing(tmp_path: Path, es: bytes)
     assert status["vad"]["aggressiveness"] == 3 and rig.voice.gate.vad.aggressiveness == 3
     assert status["capture"]["device"] == "edged_mic" and status["capture"]["error"] is None
     assert turn.end_reason == "muted" and status["turns"][0]["end_reason"] == "muted"
+
+
+async def next_of(q: asyncio.Queue[Any], cond: Any, timeout: float) -> Any:  # noqa: ASYNC109
+    async with asyncio.timeout(timeout):
+        while not cond(ev := await q.get()):
+            pass
+        return ev
+
+
+async def test_a_question_while_offline_is_answered_by_the_offline_cue(
+        tmp_path: Path, es: bytes) -> None:
+    """Without the network, a question gets the "can't reach the cloud" sound on the speaker
+    as soon as it ends (not silence); when the network returns, the "back" sound. Both are
+    events (``edgectl events``). Nothing plays for an outage nobody asked anything during."""
+    async with voice_rig(tmp_path, speed=SPEED, net=True) as rig:
+        assert rig.net is not None
+        played = rig.live.bus.subscribe(CuePlayed)
+        await rig.net.down("refuse")
+        await next_of(rig.events, lambda e: isinstance(e, LinkChanged) and e.state == "offline",
+                      LIVENESS_S)
+        assert played.empty() and rig.speaker.data() == b""
+        await say(rig, m.silence(300) + es + m.silence(800))
+        cue = await next_of(played, lambda e: True, LIVENESS_S)
+        assert (cue.cue, cue.reason) == ("offline", "question_offline")
+        await poll_until(lambda: cues.sound("offline") in rig.speaker.data(), LIVENESS_S)
+
+        await rig.net.up()
+        cue = await next_of(played, lambda e: True, LIVENESS_S)
+        assert (cue.cue, cue.reason) == ("back", "online")
+        await poll_until(lambda: cues.sound("back") in rig.speaker.data(), LIVENESS_S)
+        assert cue.to_json() == {"type": "cue", "cue": "back", "reason": "online"}
+
+
+async def test_cues_can_be_turned_off(tmp_path: Path, es: bytes) -> None:
+    async with voice_rig(tmp_path, speed=SPEED, net=True, extra={"listen": {"cues": []}}) as rig:
+        assert rig.net is not None
+        played = rig.live.bus.subscribe(CuePlayed)
+        await rig.net.down("refuse")
+        await next_of(rig.events, lambda e: isinstance(e, LinkChanged) and e.state == "offline",
+                      LIVENESS_S)
+        await say(rig, m.silence(300) + es + m.silence(800))
+        await poll_until(lambda: rig.voice.state == "thinking", LIVENESS_S)
+        await rig.net.up()
+        await next_of(rig.events, lambda e: isinstance(e, LinkChanged) and e.state == "online",
+                      LIVENESS_S)
+        assert played.empty() and cues.sound("offline") not in rig.speaker.data()

@@ -269,6 +269,12 @@ class Playback:
                 self._emit("flushed")
             elif action == "cue":
                 self._write(pcm, data)
+                with self._cond:
+                    alone = not (self._cue or self._active or self._queued)
+                if alone:              # play the cue's tail out now, as a reply's end is
+                    pcm.drain()
+                    first = True
+                    self._last_write = None
             elif action == "finish":
                 pcm.drain()
                 with self._cond:

@@ -28,6 +28,14 @@ old turn's late ``interrupted``/``turnComplete`` and any audio still in flight a
 new turn's reply. The loop counts the replies it is owed (one per ``activityEnd``); anything
 that arrives while more than one is owed belongs to an older turn and is discarded.
 
+**What the wearer hears besides replies** (``listen.cues``, each published as
+:class:`~edged.events.CuePlayed`): ``wake`` when the wake word or ``edgectl listen`` opens a
+turn; ``offline`` when a question ends (or is in flight) while the Live supervisor reports the
+network unreachable (:class:`~edged.events.LinkChanged`), so it gets a sound within a second
+instead of silence; ``back`` when the network returns after the wearer heard ``offline``;
+``error`` when a reply never came. Typed questions (``edgectl ask``, ``edged chat``) never
+play a cue.
+
 Every turn gets a :class:`~edged.events.TurnRecord` with monotonic timestamps; the finished
 record is logged as one INFO line, kept for status and published as
 :class:`~edged.events.TurnFinished`.
@@ -52,10 +60,12 @@ from edged.audio.vad import EchoPolicy, VadGate
 from edged.config import Settings
 from edged.events import (
     AudioFrame,
+    CuePlayed,
     DeviceChanged,
     EventBus,
     GenerationComplete,
     Interrupted,
+    LinkChanged,
     LiveLink,
     ModelAudio,
     SessionChanged,
@@ -83,7 +93,7 @@ RECENT_TURNS = 20
 LISTEN_PREROLL_S = 0.3     # `edgectl listen`: keep what was said just before the button
 # What the voice loop consumes from the Live session.
 _LIVE_INPUT = (ModelAudio, Interrupted, TurnComplete, GenerationComplete, Transcription,
-               ToolCallStarted, SessionChanged)
+               ToolCallStarted, SessionChanged, LinkChanged)
 
 
 def make_wake_word(settings: Settings) -> WakeWord | None:
@@ -115,6 +125,8 @@ class VoiceLoop:
         self.wakes = 0
         self.last_wake: float | None = None            # wall time
         self.send_errors = 0
+        self.heard_bytes = 0                        # captured, after the front end
+        self.sent_bytes = 0                         # of those, queued for the Live session
         self._turn: TurnRecord | None = None        # being spoken by the user
         self._reply: TurnRecord | None = None       # whose reply is awaited or playing
         self._accepting = False                     # the gate's current turn may go up
@@ -125,6 +137,8 @@ class VoiceLoop:
         self._discard_reply_audio = False
         self._owed = 0                               # replies owed for activityEnds sent
         self._last_played = 0.0
+        self._offline = False                        # LinkChanged: the cloud is unreachable
+        self._told_offline = False                   # the user heard the offline cue
         self._outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._stream = bytearray()
 
@@ -179,7 +193,10 @@ class VoiceLoop:
             "vad": {"engine": fe.detector.name, "gate": self.gate.state,
                     "threshold": self.settings.vad.threshold,
                     "aggressiveness": self.settings.vad.aggressiveness,
-                    **self.gate.stats.as_dict()},
+                    **self.gate.stats.as_dict(),
+                    # what really went up: the gate confirms speech in every mode, but in wake
+                    # and manual mode only addressed speech is sent
+                    "gated_ratio": round(self.sent_bytes / max(1, self.heard_bytes), 3)},
             "echo": {"cancellation": echo is not None,
                      "state": echo.state if echo else "off",
                      "erle_db": round(echo.erle_db, 1) if echo and echo.erle_db else None,
@@ -201,6 +218,7 @@ class VoiceLoop:
             return {"listening": True, "reason": "already in a turn"}
         if self._device_speaking():
             self._barge_in(now())
+        self._cue("wake", "listen")
         self._open("listen", now() - LISTEN_PREROLL_S)
         return {"listening": True, "question_timeout_s": self.settings.listen.question_timeout_s}
 
@@ -331,8 +349,7 @@ class VoiceLoop:
             return
         if self._device_speaking():
             self._barge_in(hit.t)
-        if self.settings.listen.earcon:
-            self.playback.play_cue(cues.sound("wake"))
+        self._cue("wake", "wake")
         self._open("wake", hit.end)
 
     # --- uplink: mic -> gate -> Live ----------------------------------------------------------
@@ -366,12 +383,14 @@ class VoiceLoop:
                 self.gate.reset()
             if self.muted:
                 continue
+            self.heard_bytes += len(frame.pcm)
             events = self.gate.feed(frame, self._device_speaking(), self._echo_policy())
             if self.mode == "server" and self._conversation_open():
                 self._stream += frame.pcm
                 if len(self._stream) >= self.settings.vad.batch_ms * bytes_per_ms(
                         CAPTURE_RATE):
                     self._outbox.put_nowait(("audio", bytes(self._stream)))
+                    self.sent_bytes += len(self._stream)
                     self._stream.clear()
             self._handle_speech(events)
 
@@ -386,6 +405,7 @@ class VoiceLoop:
                     self._turn.uplinked_bytes += len(ev.pcm)
                 if self.mode == "local":
                     self._outbox.put_nowait(("audio", ev.pcm))
+                    self.sent_bytes += len(ev.pcm)
             elif isinstance(ev, SpeechEnded):
                 self._accepting = False
                 self._on_speech_ended(ev)
@@ -422,6 +442,8 @@ class VoiceLoop:
         if self.mode == "local":
             self._outbox.put_nowait(("end", turn))
             self._set_state("thinking")
+        if self._offline:                  # it cannot be answered: say so now, not never
+            self._cue("offline", "question_offline")
 
     def _barge_in(self, t: float) -> None:
         reply = self._reply
@@ -500,10 +522,26 @@ class VoiceLoop:
             elif isinstance(ev, ToolCallStarted):
                 if self._reply is not None:
                     self._reply.tools.append(ev.name)
+            elif isinstance(ev, LinkChanged):
+                self._on_link(ev)
             elif isinstance(ev, SessionChanged):
                 self.session_state = ev.state
                 if ev.state != "ready":
                     self._owed = 0         # a new connection owes nothing for the old one
+
+    def _on_link(self, ev: LinkChanged) -> None:
+        """The user hears that the cloud is unreachable only when it matters to them (a
+        question in flight or one asked meanwhile), and that it is back only if they heard
+        that it was gone."""
+        if ev.state == "offline":
+            self._offline = True
+            if self._turn is not None or self.state == "thinking":
+                self._cue("offline", "went_offline")
+        else:
+            self._offline = False
+            if self._told_offline:
+                self._told_offline = False
+                self._cue("back", "online")
 
     def _on_model_audio(self, ev: ModelAudio) -> None:
         if self.mode == "local" and (self._discard_reply_audio or self._stale()):
@@ -575,6 +613,7 @@ class VoiceLoop:
                 self._finish(reply, "no_reply")
                 self._owed = 0
                 self._set_state("idle")
+                self._cue("error", "no_reply")
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
@@ -583,6 +622,16 @@ class VoiceLoop:
             log.debug("voice: %s -> %s", self.state, state)
             previous, self.state = self.state, state
             self.bus.publish(VoiceStateChanged(state, previous))
+
+    def _cue(self, cue: cues.Cue, reason: str) -> None:
+        """Play one of the device's own sounds (if ``listen.cues`` has it) and publish it, so
+        ``edgectl events`` shows what the wearer heard."""
+        if cue not in self.settings.listen.cues:
+            return
+        if cue == "offline":
+            self._told_offline = True
+        self.playback.play_cue(cues.sound(cue))
+        self.bus.publish(CuePlayed(cue, reason))
 
     def _finish(self, turn: TurnRecord, outcome: str) -> None:
         if turn.outcome != "open":
