@@ -395,8 +395,9 @@ class EchoSettings(_Section):
         "is left of the echo)")
     policy: Literal["guard", "mute", "open"] = Field(
         default="guard",
-        description="While the canceller is off or not converged: guard: only sustained loud "
-        "speech barges in; mute: ignore the mic while playing; open: no protection")
+        description="Barge-in without a usable canceller (cancellation off, or it fails to "
+        "converge; while it converges the mic is ignored): guard: only sustained loud speech "
+        "barges in; mute: ignore the mic while playing; open: no protection")
     bargein_min_ms: int = Field(
         default=400, ge=0,
         description="guard: sustained speech needed over the device's voice to barge in")
