@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from edged.audio.frontend import FrontEnd, dbfs
-from edged.audio.vad import EchoPolicy, VadGate
+from edged.audio.frontend import EchoMonitor, FrontEnd, dbfs
+from edged.audio.vad import EchoPolicy, VadGate, barge_in_policy
 from edged.config import AudioSettings, EchoSettings, Settings, VadSettings
 from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
 from edged_testing import material as m
@@ -264,6 +264,19 @@ def test_open_at_waits_for_a_question_after_a_pause(question: bytes) -> None:
             events += gate.open_at(f.t)
     [(start, audio, end)] = turns(events)
     assert end is not None and abs(start.t - 2.0) < 0.25 and question[:6400] in audio
+
+
+def test_barge_in_policy_follows_the_echo_canceller() -> None:
+    """No canceller or a failing one: the configured fallback; converging: deaf to the
+    speaker's own voice; converged (or the mic barely hears the speaker): trusted."""
+    assert barge_in_policy(None, "guard") == "guard"
+    mon = EchoMonitor()
+    assert barge_in_policy(mon, "guard") == "mute"
+    for state in ("converged", "no_echo"):
+        mon.state = state
+        assert barge_in_policy(mon, "guard") == "trusted"
+    mon.failing = True
+    assert barge_in_policy(mon, "open") == "open"
 
 
 def test_dbfs() -> None:

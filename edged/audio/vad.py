@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from edged.audio.frontend import dbfs
+from edged.audio.frontend import EchoMonitor, dbfs
 from edged.config import EchoSettings, VadSettings
 from edged.events import AudioFrame, SpeechAudio, SpeechEnded, SpeechEvent, SpeechStarted
 from edged.formats import CAPTURE_RATE, bytes_per_ms
@@ -55,6 +55,16 @@ HISTORY_S = 3.0            # frames kept for open_at (the wake word's latency an
 GateState = Literal["warmup", "idle", "pending", "speaking", "cooldown"]
 EndReason = Literal["silence", "max_length", "muted", "device"]
 EchoPolicy = Literal["trusted", "guard", "mute", "open"]
+
+
+def barge_in_policy(echo: EchoMonitor | None, fallback: EchoPolicy) -> EchoPolicy:
+    """How to treat the microphone while the device speaks: fast barge-in once the echo
+    canceller has converged; no barge-in at all while it is still converging (its own voice
+    passes nearly unchanged for the first seconds); ``fallback`` (``echo.policy``) without a
+    canceller or when it fails to converge."""
+    if echo is None or echo.failing:
+        return fallback
+    return "trusted" if echo.trusted else "mute"
 
 
 def frame_ms(vad: VadSettings) -> int:

@@ -56,7 +56,7 @@ from edged.audio.capture import Capture
 from edged.audio.device import DeviceHealth
 from edged.audio.frontend import EchoReference, FrontEnd, WakeHit, WakeWord
 from edged.audio.playback import Playback, PlaybackEvent
-from edged.audio.vad import EchoPolicy, VadGate
+from edged.audio.vad import EchoPolicy, VadGate, barge_in_policy
 from edged.config import Settings
 from edged.events import (
     AudioFrame,
@@ -360,14 +360,8 @@ class VoiceLoop:
         return now() - self._last_played < self.settings.echo.tail_ms / 1000
 
     def _echo_policy(self) -> EchoPolicy:
-        """How to treat the microphone while the device speaks: fast barge-in once the echo
-        canceller has converged; no barge-in at all while it is still converging (its own voice
-        passes nearly unchanged for the first seconds); ``echo.policy`` without a canceller or
-        when it fails to converge."""
-        echo = self.frontend.echo
-        if echo is None or echo.failing:
-            return self.settings.echo.policy
-        return "trusted" if echo.trusted else "mute"
+        """The gate's policy while the device speaks (:func:`~edged.audio.vad.barge_in_policy`)."""
+        return barge_in_policy(self.frontend.echo, self.settings.echo.policy)
 
     async def _uplink(self) -> None:
         async for item in self.capture.frames():
