@@ -386,9 +386,9 @@ class EchoSettings(_Section):
         description="Cancel the speaker's sound in the microphone (AEC3), using what was played "
         "as the reference; off for a headset or a mic array that does it in hardware")
     bargein_ms: int = Field(
-        default=100, ge=30,
+        default=96, ge=30,
         description="Voiced speech over the device's voice that barges in, once the echo "
-        "canceller has converged")
+        "canceller has converged (96: three Silero frames; 100 would wait for a fourth)")
     bargein_snr_db: float = Field(
         default=6.0, ge=0, le=40,
         description="...and it must be this much louder than the background (noise and what "
