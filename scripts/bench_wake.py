@@ -360,7 +360,7 @@ async def latency(workdir: Path) -> dict[str, Any]:
     questions = [LATENCY_QUESTIONS[i % len(LATENCY_QUESTIONS)] for i in range(LATENCY_TRIALS)]
     wakes = render_all([(WAKE_TEXT[v], v, 160) for v in voices])
     qs = render_all([(q, v, 160) for q, v in zip(questions, voices, strict=True)])
-    lead_ms, pause = 800, m.silence(WAKE_PAUSE_MS)
+    pause = m.silence(WAKE_PAUSE_MS)
     r: dict[str, Any] = {"detect": [], "start": [], "audio": [], "onset_to_start": [],
                          "missed": 0, "trials": LATENCY_TRIALS}
     scenario = Scenario(fallback=[Reply("Vale.")], transcripts=questions)
@@ -370,17 +370,21 @@ async def latency(workdir: Path) -> dict[str, Any]:
         detections = rig.live.bus.subscribe(WakeWordDetected)
         for wake, q in zip(wakes, qs, strict=True):
             n0 = len(rig.sim.arrivals("realtimeInput"))
-            clip = rig.mic.play(m.silence(lead_ms) + wake + pause + q + m.silence(1200))
+            # The wake phrase ends a clip on a period boundary: the card reports when that
+            # clip has been said, on its own clock (it may catch up after a late tick).
+            lead = m.silence(800)
+            said = rig.mic.play(lead + bytes(-(len(lead) + len(wake)) % PERIOD) + wake)
+            rig.mic.play(pause + q + m.silence(1200))
             try:
-                await rig.next_turn(clip.seconds + 20)
+                await rig.next_turn(len(q) / 2 / RATE + 20)
             except TimeoutError:
                 r["missed"] += 1
                 continue
             finally:
                 await poll_until(lambda: rig.mic.idle() and rig.voice.state == "idle", 30)
-            assert clip.started_at is not None
-            wake_end = clip.started_at + lead_ms / 1000 + len(wake) / 2 / RATE
-            onset = wake_end + (WAKE_PAUSE_MS / 1000)
+            assert said.ended_at is not None
+            wake_end = said.ended_at
+            onset = wake_end + WAKE_PAUSE_MS / 1000
             detected = None
             while not detections.empty():
                 detected = detections.get_nowait().t
@@ -565,7 +569,7 @@ def main() -> int:
     print("\n(3) latency, ms from the end of the wake phrase (real time, listen.mode wake, "
           f"daemon defaults; the question starts {WAKE_PAUSE_MS} ms after it)")
     print("  on the virtual card's clock, which hands over a 20 ms period as its first sample is "
-          "said; a real card does at its last sample: add up to 20 ms for a real microphone")
+          "said; a real card does at its last sample: add 20 ms for a real microphone")
     print(f"  wake end -> wake detected           {pct(lat['detect'])}")
     print(f"  wake end -> activityStart received  {pct(lat['start'])}")
     print(f"  wake end -> first question audio    {pct(lat['audio'])}")
