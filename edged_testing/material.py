@@ -64,9 +64,11 @@ def with_noise(pcm: bytes, snr_db: float, seed: int = 0, rate: int = RATE) -> by
     return mix(pcm, n, rate=rate)
 
 
-def say(text: str, voice: str = "en-us", dbfs: float = -20.0, rate: int = RATE) -> bytes:
-    """espeak-ng speech at a conversational level, trimmed of espeak's trailing silence."""
-    pcm = scale_to(speech.synthesize(text, voice, rate=rate), dbfs)
+def say(text: str, voice: str = "en-us", dbfs: float = -20.0, rate: int = RATE,
+        wpm: int = 160) -> bytes:
+    """espeak-ng speech at a conversational level (``wpm`` words per minute), trimmed of
+    espeak's trailing silence."""
+    pcm = scale_to(speech.synthesize(text, voice, rate=rate, speed_wpm=wpm), dbfs)
     x = np.frombuffer(pcm, dtype="<i2")
     loud = np.nonzero(np.abs(x) > 300)[0]
     return x[: loud[-1] + 1].tobytes() if loud.size else pcm

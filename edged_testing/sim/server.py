@@ -51,6 +51,7 @@ class LiveSimulator:
         self.max_frame_bytes = 0
         self._handles: dict[str, str] = {}
         self._messages: list[tuple[int, dict[str, Any]]] = []
+        self._arrived: list[float] = []          # time.monotonic() of each of _messages
         self._live: set[Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._fired: set[int] = set()
@@ -122,6 +123,12 @@ class LiveSimulator:
         order; ``kind`` filters by top-level key ("realtimeInput", "clientContent", ...)."""
         return [(i, m) for i, m in self._messages if kind is None or kind in m]
 
+    def arrivals(self, kind: str | None = None) -> list[tuple[float, dict[str, Any]]]:
+        """Like :meth:`messages`, with when each arrived (``time.monotonic()``, the clock of
+        every edged latency timestamp) instead of the connection: wire-level latencies."""
+        return [(t, m) for t, (_, m) in zip(self._arrived, self._messages, strict=True)
+                if kind is None or kind in m]
+
     def images(self) -> list[ImageRecord]:
         """Every image clients sent as realtime input, over all connections in order."""
         return [im for conn in self.connections for im in conn.images]
@@ -180,6 +187,7 @@ class LiveSimulator:
     def record(self, conn: ConnectionRecord, msg: dict[str, Any]) -> None:
         conn.messages.append(msg)
         self._messages.append((conn.index, msg))
+        self._arrived.append(time.monotonic())
 
     def rules(self, on: str, **kw: Any) -> Rule | None:
         for i, r in enumerate(self.scenario.rules):
