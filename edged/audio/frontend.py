@@ -100,6 +100,11 @@ class EchoReference:
     def played(self, pcm24: bytes) -> None:
         x = self._resample(np.frombuffer(pcm24, dtype="<i2").astype(np.float64))
         with self._lock:
+            if not self._fifo:
+                # The speaker had gone quiet (between replies, after a cue): this sound starts
+                # ahead of its echo by however far the capture side lags right now, not by the
+                # lead the canceller adapted to, so its first ~100 ms pass nearly uncancelled.
+                self._shifted = True
             self._fifo.append(x)
             self._queued += len(x)
             excess = self._queued - int(MAX_REFERENCE_LEAD_S * CAPTURE_RATE)
