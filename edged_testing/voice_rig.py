@@ -66,6 +66,26 @@ class VoiceRig:
         return [m["realtimeInput"] for _, m in self.sim.messages("realtimeInput")]
 
 
+def bracketed(wire: list[dict[str, Any]]) -> list[bytes]:
+    """Check activityStart/activityEnd bracket every turn and no audio is outside (local turn
+    detection); return the audio uplinked in each turn, in order."""
+    turns: list[bytes] = []
+    inside = False
+    for body in wire:
+        if "activityStart" in body:
+            assert not inside, "activityStart inside an open turn"
+            inside = True
+            turns.append(b"")
+        elif "activityEnd" in body:
+            assert inside, "activityEnd without activityStart"
+            inside = False
+        elif "audio" in body:
+            assert inside, "audio sent outside a turn in local-VAD mode"
+            turns[-1] += body["audio"]["data"]
+    assert not inside, "last turn never ended"
+    return turns
+
+
 def rig_settings(sim: LiveSimulator, mode: str = "local",
                  extra: dict[str, Any] | None = None) -> Settings:
     return Settings.model_validate(rig_settings_data(sim, mode, extra))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,7 +16,7 @@ from edged.audio.playback import BYTES_PER_MS as OUT_BYTES_PER_MS
 from edged.events import CuePlayed, LinkChanged
 from edged_testing import material as m
 from edged_testing.sim import Reply, Rule, Scenario
-from edged_testing.voice_rig import VoiceRig, poll_until, voice_rig
+from edged_testing.voice_rig import VoiceRig, bracketed, poll_until, voice_rig
 
 SPEED = 4.0
 LIVENESS_S = 30.0
@@ -47,26 +46,6 @@ def long_reply_first() -> Scenario:
     """Turn 1 gets an 8 s answer (room to interrupt it); later turns the default assistant."""
     return Scenario(rules=[Rule(on="turn", turn=1, actions=[Reply("uno", tone_seconds=8.0)])],
                     transcripts=[Q_ES, Q_EN])
-
-
-def bracketed(wire: list[dict[str, Any]]) -> list[bytes]:
-    """Check activityStart/activityEnd bracket every turn and no audio is outside; return the
-    audio uplinked in each turn."""
-    turns: list[bytes] = []
-    inside = False
-    for body in wire:
-        if "activityStart" in body:
-            assert not inside, "activityStart inside an open turn"
-            inside = True
-            turns.append(b"")
-        elif "activityEnd" in body:
-            assert inside, "activityEnd without activityStart"
-            inside = False
-        elif "audio" in body:
-            assert inside, "audio sent outside a turn in local-VAD mode"
-            turns[-1] += body["audio"]["data"]
-    assert not inside, "last turn never ended"
-    return turns
 
 
 async def wait_heard(rig: VoiceRig, nbytes: int) -> None:

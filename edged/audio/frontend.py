@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 MAX_REFERENCE_LEAD_S = 0.4   # AEC3 loses the echo when its reference is this far ahead
+QUIET_S = 0.5                # nothing played this long: the next sound restarts the echo path
 EchoState = Literal["off", "unknown", "no_echo", "converged", "not_converged"]
 
 
@@ -95,11 +96,21 @@ class EchoReference:
         self._fifo: deque[np.ndarray] = deque()
         self._queued = 0
         self._shifted = False
+        self._last_played: float | None = None
         self.trimmed = 0       # samples dropped because the reference ran too far ahead
 
     def played(self, pcm24: bytes) -> None:
         x = self._resample(np.frombuffer(pcm24, dtype="<i2").astype(np.float64))
+        t = time.monotonic()
         with self._lock:
+            if self._last_played is not None and t - self._last_played > QUIET_S:
+                # The speaker had gone quiet (between replies, after a cue): this sound starts
+                # ahead of its echo by however far the capture side lags right now, not by the
+                # lead the canceller adapted to, so its first ~100 ms pass nearly uncancelled.
+                # (Not "the FIFO ran dry": on a busy machine the capture side drains it in
+                # bursts mid-reply, and the canceller would never be trusted.)
+                self._shifted = True
+            self._last_played = t
             self._fifo.append(x)
             self._queued += len(x)
             excess = self._queued - int(MAX_REFERENCE_LEAD_S * CAPTURE_RATE)

@@ -281,10 +281,10 @@ class VoiceLoop:
         ls = self.settings.listen
         if self._device_speaking() and (ls.mode == "vad" or ls.barge_in == "speech"):
             return "barge_in"
+        if self._awaiting_until is not None and t <= self._awaiting_until:
+            return self._opened_by       # before "vad": `edgectl listen` counts as such there too
         if ls.mode == "vad":
             return "vad"
-        if self._awaiting_until is not None and t <= self._awaiting_until:
-            return self._opened_by
         if self._follow_up_until is not None and t <= self._follow_up_until:
             return "follow_up"
         return None
