@@ -123,6 +123,7 @@ class VoiceLoop:
         self.session_state = "unknown"
         self.turns: deque[TurnRecord] = deque(maxlen=RECENT_TURNS)
         self.wakes = 0
+        self.wakes_ignored = 0                      # heard over its own uncancelled voice
         self.last_wake: float | None = None            # wall time
         self.send_errors = 0
         self.heard_bytes = 0                        # captured, after the front end
@@ -184,6 +185,7 @@ class VoiceLoop:
                 "mode": self.settings.listen.mode,
                 "wake_model": fe.wake.name if fe.wake else None,
                 "wakes": self.wakes,
+                "wakes_ignored": self.wakes_ignored,
                 "last_wake": self.last_wake,
                 "awaiting_question_s": (round(self._awaiting_until - t, 1)
                                         if self._awaiting_until else None),
@@ -340,6 +342,13 @@ class VoiceLoop:
 
     def _on_wake(self, hit: WakeHit) -> None:
         if self.muted:
+            return
+        if self._device_speaking() and self._echo_policy() not in ("trusted", "open"):
+            # Its own voice is not (yet) cancelled: a reply that says the wake word, or merely
+            # sounds like it, would wake the device and cut itself off.
+            self.wakes_ignored += 1
+            log.info("voice: wake word %r (p=%.2f) while speaking with the echo not cancelled;"
+                     " ignored", hit.model, hit.probability)
             return
         self.wakes += 1
         self.last_wake = time.time()
