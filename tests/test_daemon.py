@@ -30,14 +30,8 @@ from edged_testing.alsa import Codec, VirtualAlsa
 from edged_testing.camera import STUBS_DIR
 from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
 
-REPO = Path(__file__).resolve().parents[1]
 API_KEY = "AIzaSy-test-SECRET-0123456789abcdef"
 WATCHDOG_USEC = 300_000     # the daemon pings every 0.15 s
-DOC = """# Guía del dispositivo
-
-El dispositivo edged escucha con un micrófono y responde por el altavoz.
-Para silenciarlo use `edgectl mute`.
-"""
 
 
 class Notifications:
@@ -146,19 +140,6 @@ def write_config(path: Path, tmp: Path, sim: LiveSimulator, **overrides: str) ->
     text = "".join(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n"
                    for sec, kv in sections.items())
     path.write_text(text)
-
-
-@pytest.fixture(scope="module")
-def index_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (tiny) knowledge index, built once by the real edged-index-sync."""
-    base = tmp_path_factory.mktemp("kb")
-    (base / "docs").mkdir()
-    (base / "docs" / "guia.md").write_text(DOC, encoding="utf-8")
-    subprocess.run([str(REPO / ".venv" / "bin" / "edged-index-sync"), "--source",
-                    str(base / "docs"), "--index-dir", str(base / "index"), "--state-dir",
-                    str(base / "sync")], check=True, capture_output=True, timeout=120,
-                   env={**os.environ, "GEMINI_API_KEY": ""})
-    return base
 
 
 @pytest.fixture

@@ -16,9 +16,7 @@ from pathlib import Path
 
 from edged.live.handles import HANDLE_FILE
 from edged_testing.sim import LiveSimulator, Rule, Scenario, Sleep
-from tests.test_daemon import _is, index_dirs, start_daemon, stop
-
-__all__ = ["index_dirs"]      # the fixture, shared with tests/test_daemon.py
+from tests.test_daemon import _is, start_daemon, stop
 
 LIVENESS_S = 30.0
 

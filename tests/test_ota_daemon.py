@@ -34,22 +34,8 @@ from edged_testing.alsa import VirtualAlsa
 from edged_testing.sim import LiveSimulator, Reply, Rule, Scenario
 from edged_testing.sim.wire import ensure_certs, server_ssl_context
 
-REPO = Path(__file__).resolve().parents[1]
 BAD_MODEL = "gemini-0.0-not-a-live-model"
 DEFAULT_MODEL = "gemini-3.8-live"
-
-
-@pytest.fixture(scope="module")
-def index_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (tiny) knowledge index, built once by the real edged-index-sync."""
-    base = tmp_path_factory.mktemp("kb")
-    (base / "docs").mkdir()
-    (base / "docs" / "guia.md").write_text("# Guía\n\nEl dispositivo escucha y responde.\n")
-    subprocess.run([str(REPO / ".venv" / "bin" / "edged-index-sync"), "--source",
-                    str(base / "docs"), "--index-dir", str(base / "index"), "--state-dir",
-                    str(base / "sync")], check=True, capture_output=True, timeout=120,
-                   env={**os.environ, "GEMINI_API_KEY": ""})
-    return base
 
 
 @pytest.fixture

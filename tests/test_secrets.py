@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_daemon import API_KEY, control_call, index_dirs, start_daemon, stop  # noqa: F401
+from test_daemon import API_KEY, control_call, start_daemon, stop
 
 from edged.control import protocol
 from edged.daemon.supervisor import Supervisor
@@ -38,7 +38,7 @@ def key() -> Any:
 
 
 async def test_a_planted_key_reaches_no_output_of_the_daemon(
-        tmp_path: Path, index_dirs: Path) -> None:  # noqa: F811
+        tmp_path: Path, index_dirs: Path) -> None:
     scenario = Scenario(language="es", speed=20.0, rules=[
         Rule(match="clave", once=True,
              actions=[Close(1011, f"upstream said: invalid key {API_KEY}")]),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_daemon import index_dirs, start_daemon, stop  # noqa: F401
+from test_daemon import start_daemon, stop
 
 from edged.text import clean_strings, clean_text
 from edged.tools import Tool, ToolRegistry
@@ -59,7 +59,7 @@ async def test_tool_arguments_are_cleaned_before_validation_and_handler() -> Non
 
 
 async def test_a_question_with_a_lone_surrogate_reaches_the_model_as_valid_text(
-        tmp_path: Path, index_dirs: Path) -> None:  # noqa: F811
+        tmp_path: Path, index_dirs: Path) -> None:
     scenario = Scenario(language="es", speed=20.0, rules=[
         Rule(match="hola", actions=[Reply(text="Te leo bien.")])])
     async with LiveSimulator(scenario) as sim:
