@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
+import runpy
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -20,6 +22,7 @@ from edged.config import Settings, load_settings
 from edged.knowledge import SAMPLE_KB, store
 from edged.knowledge import chunking as ch
 from edged.knowledge.embedders import (
+    MULTILINGUAL_DIR_NAME,
     Embedder,
     EmbedderError,
     GeminiEmbedder,
@@ -395,6 +398,63 @@ async def test_gemini_embedder_failure_is_an_embedder_error() -> None:
                              ca_file=sim.ca_file)
         with pytest.raises(EmbedderError, match="gemini embedding failed"):
             await emb.embed(["uno"], "document")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _multilingual_model() -> Path:
+    return resolve_model_dir(None, name=MULTILINGUAL_DIR_NAME)
+
+
+def test_multilingual_table_rows_come_from_the_file_unchanged() -> None:
+    """The int8 table is read row by row from model.npz (not loaded): the rows it returns are
+    the stored ones, for single rows, runs, rows close enough to share a read and far ones."""
+    model = _multilingual_model()
+    emb = MultilingualEmbedder(model)
+    with np.load(model / "model.npz") as z:
+        coef = z["coef"]
+    last = len(coef) - 1
+    rows = np.array([0, 1, 2, 5, 5 + emb._coef.GAP, 6 + 3 * emb._coef.GAP, 40_000, last])
+    assert np.array_equal(emb._coef.take(rows), coef[rows])
+    assert emb._coef.take(np.array([], np.int64)).shape == (0, coef.shape[1])
+
+
+def test_multilingual_model_truncated_under_a_running_embedder_is_an_error(
+        tmp_path: Path) -> None:
+    model = tmp_path / MULTILINGUAL_DIR_NAME
+    model.mkdir()
+    for f in _multilingual_model().iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    emb = MultilingualEmbedder(model)
+    os.truncate(model / "model.npz", 600_000)   # a rebuild writing in place, a full disk
+    with pytest.raises(EmbedderError, match=r"truncated.*make embedder"):
+        emb.encode(["¿Qué es la gobernanza en MLOps?"])
+    with pytest.raises(EmbedderError, match=r"unreadable.*make embedder"):
+        MultilingualEmbedder(model)
+
+
+def test_trimming_the_tokenizer_keeps_how_the_remaining_pieces_split_text(
+        tmp_path: Path) -> None:
+    """scripts/build-multilingual-embedder drops pieces from sp.model by rewriting its
+    protobuf wire format; the real library loads the result and, on text that never needed the
+    dropped pieces, splits it into the same pieces."""
+    import sentencepiece
+
+    trim = runpy.run_path(str(REPO / "scripts" / "build-multilingual-embedder"))["_trim_sp_model"]
+    full_model = _multilingual_model() / "sp.model"
+    full = sentencepiece.SentencePieceProcessor(model_file=str(full_model))
+    text = "¿Cómo se monitoriza un modelo en producción? How is drift detected?"
+    used = set(full.encode(text))
+    keep = np.ones(full.get_piece_size(), bool)
+    assert trim(full_model.read_bytes(), keep) == full_model.read_bytes()
+    dropped = [i for i in range(3, full.get_piece_size()) if i not in used][-1000:]
+    keep[dropped] = False
+    (tmp_path / "sp.model").write_bytes(trim(full_model.read_bytes(), keep))
+    trimmed = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    assert trimmed.get_piece_size() == full.get_piece_size() - 1000
+    old_id = np.flatnonzero(keep)
+    assert [int(old_id[i]) for i in trimmed.encode(text)] == full.encode(text)
 
 
 # --- the real local model on the sample knowledge base --------------------------------------

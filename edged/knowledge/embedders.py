@@ -25,6 +25,9 @@ import itertools
 import json
 import os
 import ssl
+import struct
+import weakref
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -64,6 +67,88 @@ def _digest(path: Path) -> str:
     peak memory must not hold a second copy of the weights)."""
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()[:12]
+
+
+Layout = tuple[int, tuple[int, ...], np.dtype]   # offset in the file, shape, dtype
+
+
+def _npz_layout(path: Path) -> dict[str, Layout]:
+    """Where each array of an uncompressed ``.npz`` starts in the file, its shape and dtype.
+
+    ``np.savez`` stores each ``.npy`` member uncompressed, so each array sits at a fixed offset
+    of the file and can be read without loading the others (``np.load`` reads a member whole).
+    """
+    out: dict[str, Layout] = {}
+    with zipfile.ZipFile(path) as z, path.open("rb") as f:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{info.filename} is compressed (write it with np.savez)")
+            f.seek(info.header_offset)
+            local = f.read(30)   # the member's local header: its name and extra field follow
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{info.filename}: .npy format {version} is not supported")
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+            if fortran and len(shape) > 1:
+                raise ValueError(f"{info.filename} is in Fortran order")
+            out[info.filename.removesuffix(".npy")] = (f.tell(), shape, dtype)
+    return out
+
+
+def _read_array(path: Path, layout: Layout) -> np.ndarray:
+    offset, shape, dtype = layout
+    count = int(np.prod(shape))
+    array = np.fromfile(path, dtype, count, offset=offset)
+    if array.size != count:
+        raise ValueError(f"{path} is truncated")
+    return array.reshape(shape)
+
+
+class _FileRows:
+    """A 2-D array's rows read from the file on demand instead of held in memory.
+
+    The int8 table is 22 MB and a query needs a few dozen of its rows. Mapping the file was
+    tried first: on this machine's kernel each touched row mapped its whole page-cache folio, so
+    one question made 6 MB of the table resident (scripts/bench_memory.py). ``pread`` of the
+    rows asked for costs a few microseconds each (nearby rows in one call) and leaves the
+    file to the page cache, which the kernel can drop. The descriptor stays open, so a model
+    rebuilt underneath keeps serving this process the file it was loaded from.
+    """
+
+    def __init__(self, path: Path, layout: Layout) -> None:
+        self._path = path
+        self._offset, shape, self._dtype = layout
+        self._width = shape[1]
+        self._row_bytes = self._width * self._dtype.itemsize
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        weakref.finalize(self, os.close, self._fd)
+
+    GAP = 32   # rows this close are read in one call with the rows between them (8 KB)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at the given sorted, distinct indices."""
+        if not len(rows):
+            return np.empty((0, self._width), self._dtype)
+        breaks = np.flatnonzero(np.diff(rows) > self.GAP) + 1
+        first = rows[np.r_[0, breaks]]
+        last = rows[np.r_[breaks - 1, len(rows) - 1]]
+        buf = bytearray()
+        for a, b in zip(first.tolist(), last.tolist(), strict=True):
+            size = (b - a + 1) * self._row_bytes
+            data = os.pread(self._fd, size, self._offset + a * self._row_bytes)
+            if len(data) != size:
+                raise EmbedderError(f"multilingual embedder table {self._path} is truncated; "
+                                    "rebuild it with `make embedder`")
+            buf += data
+        block = np.frombuffer(buf, self._dtype).reshape(-1, self._width)
+        # each row's place in the block: its span's start in the block + its offset in the span
+        counts = np.diff(np.r_[0, breaks, len(rows)])
+        span_at = np.cumsum(np.r_[0, (last - first + 1)[:-1]])
+        return block[rows - np.repeat(first, counts) + np.repeat(span_at, counts)]
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -145,10 +230,11 @@ class MultilingualEmbedder:
 
     The table holds each piece's contribution to USE's pre-MLP sum as int8 PCA coefficients
     with a per-row scale; summing coefficients and projecting once per text is exact because
-    the projection is linear. The table stays int8 in memory (22 MB; a float16 copy was 44 MB
-    more and 10x slower to sum): per batch, the pieces' counts times their scales form a small
-    dense matrix that one BLAS product multiplies with the batch's distinct rows. Texts are
-    embedded in small batches, so memory stays flat however many chunks come in.
+    the projection is linear. The table stays int8 and in the file (22 MB, of which a query
+    reads a few dozen rows; a float16 copy was 44 MB more and 10x slower to sum): per batch,
+    the pieces' counts times their scales form a small dense matrix that one BLAS product
+    multiplies with the batch's distinct rows. Texts are embedded in small batches, so memory
+    stays flat however many chunks come in.
     """
 
     BATCH = 64
@@ -159,9 +245,10 @@ class MultilingualEmbedder:
             config = json.loads((model_dir / "config.json").read_text())
             weights = model_dir / "model.npz"
             digest = _digest(weights)
-            with np.load(weights) as z:
-                self._w = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as e:
+            layout = _npz_layout(weights)
+            self._w = {k: _read_array(weights, v) for k, v in layout.items() if k != "coef"}
+            self._coef = _FileRows(weights, layout["coef"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise EmbedderError(f"multilingual embedder model at {model_dir} is unreadable "
                                 f"({e}); rebuild it with `make embedder`") from e
         import sentencepiece  # USE-m3's own tokenizer model: 28 MB resident, C++
@@ -175,7 +262,7 @@ class MultilingualEmbedder:
         self.dims = int(config["dims"])
         self.name = f"usem3-static:{model_dir.name}:{digest}"
         w = self._w
-        self._coef, self._scale, self._rows = w["coef"], w["coef_scale"], w["rows"]
+        self._scale, self._rows = w["coef_scale"], w["rows"]
         self._ends = w["bos"] + w["eos"]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -206,7 +293,7 @@ class MultilingualEmbedder:
         weights = np.bincount(owner * len(distinct) + col, minlength=n * len(distinct))
         weights = weights.reshape(n, len(distinct)).astype(np.float32)
         weights *= self._scale[distinct]
-        coef = weights @ self._coef[distinct].astype(np.float32)
+        coef = weights @ self._coef.take(distinct).astype(np.float32)
         pre = coef @ w["basis"] + n_known[:, None] * w["mean"] + self._ends
         pre /= np.sqrt(lens + 2.0)[:, None]   # + <s> and </s>, as USE counts them
         y0 = np.maximum(pre @ w["d0"], 0)
