@@ -2,8 +2,8 @@
 
 glibc keeps memory that Python and the native libraries have freed in its arenas, so a
 process's RSS stays at its high-water mark: after start-up (import-time garbage) and after the
-first ``search_knowledge`` call (the embedder's weights are read whole to check their digest,
-the tokenizer is built in a worker thread) several megabytes are free but still resident. On a
+first ``search_knowledge`` call (the embedder's files are read to check their digest, the
+tokenizer is built in a worker thread) several megabytes are free but still resident. On a
 512 MB device that is memory the nightly sync then cannot have. ``malloc_trim(0)`` returns
 the free pages at the top of every arena; scripts/bench_memory.py shows the effect.
 

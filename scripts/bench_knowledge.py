@@ -235,7 +235,8 @@ def main() -> int:
         base, imports, model, top = (int(x) / 1024 for x in out.split())
         print(f"  resident: interpreter {base:.0f} MB, + imports (numpy, SQLite, sqlite-vec, "
               f"lxml, pydantic, PyStemmer) {imports - base:.0f} MB, + multilingual embedder "
-              f"(int8 table, SentencePiece) {model - imports:.0f} MB; peak {top:.0f} MB")
+              f"(SentencePiece, MLP; the int8 table is read from the file) "
+              f"{model - imports:.0f} MB; peak {top:.0f} MB")
 
         print(f"one big document, indexed alone ({load()}):")
         text = (corpus / "man-es" / "man1" / "bash.1.txt").read_text()

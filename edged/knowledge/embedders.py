@@ -251,7 +251,7 @@ class MultilingualEmbedder:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise EmbedderError(f"multilingual embedder model at {model_dir} is unreadable "
                                 f"({e}); rebuild it with `make embedder`") from e
-        import sentencepiece  # USE-m3's own tokenizer model: 28 MB resident, C++
+        import sentencepiece  # USE-m3's own tokenizer, C++: 15 MB resident (Latin pieces only)
 
         try:
             self._tok = sentencepiece.SentencePieceProcessor(
