@@ -234,7 +234,7 @@ def main() -> int:
         _, out = child_peak_mb([sys.executable, "-c", STAGES_PROBE, str(cfg)])
         base, imports, model, top = (int(x) / 1024 for x in out.split())
         print(f"  resident: interpreter {base:.0f} MB, + imports (numpy, SQLite, sqlite-vec, "
-              f"lxml, pydantic, PyStemmer) {imports - base:.0f} MB, + multilingual embedder "
+              f"pydantic, PyStemmer) {imports - base:.0f} MB, + multilingual embedder "
               f"(SentencePiece, MLP; the int8 table is read from the file) "
               f"{model - imports:.0f} MB; peak {top:.0f} MB")
 

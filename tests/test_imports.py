@@ -131,6 +131,21 @@ def test_runtime_imports_without_cryptography_or_rigs() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_daemon_leaves_out_the_html_parser_and_numpys_random() -> None:
+    """lxml (4 MB resident) is for the nightly sync's HTML documents, and numpy.random (2 MB)
+    is not needed for the echo canceller's dither: the daemon's knowledge tool (which imports
+    the chunk model) and a running canceller must not load them."""
+    code = ("import sys, numpy as np, edged.daemon.run, edged.knowledge.tool, "
+            "edged.knowledge.status\n"
+            "from edged.audio.frontend import EchoCanceller\n"
+            "EchoCanceller().process(np.zeros(480), np.zeros(480))\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lxml', 'numpy.random'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_daemon_loads_pynacl_only_to_verify_a_bundle() -> None:
     """A 512 MB device pays for PyNaCl (cffi + libsodium) only when a bundle arrives."""
     code = ("import sys, edged.daemon.run, edged.ota.apply, edged.ota.state, edged.edgectl\n"

@@ -95,7 +95,7 @@ def test_unit_contract() -> None:
                  "Restart=on-failure", "RestartPreventExitStatus=78", "WatchdogSec=30s",
                  "ExecReload=/bin/kill -HUP $MAINPID", "StartLimitBurst=6",
                  "OnFailure=edged-retry.timer", "After=network.target sound.target",
-                 "MemoryHigh=192M", "MemoryMax=256M", "OOMScoreAdjust=-100",
+                 "MemoryHigh=160M", "MemoryMax=224M", "OOMScoreAdjust=-100",
                  "DeviceAllow=char-dma_heap rw",
                  "ReadWritePaths=-/var/lib/prometheus/node-exporter"):
         assert f"\n{line}\n" in svc, line
@@ -113,7 +113,8 @@ def test_unit_contract() -> None:
     assert ControlSettings().stop_timeout_s < stop_s
     sync = (UNITS / "edged-index-sync.service").read_text()
     for line in ("Type=oneshot", "IOSchedulingClass=idle", "Nice=10", "OOMScoreAdjust=500",
-                 "MemoryMax=192M", "ReadWritePaths=-/var/lib/prometheus/node-exporter",
+                 "MemoryHigh=128M", "MemoryMax=192M",
+                 "ReadWritePaths=-/var/lib/prometheus/node-exporter",
                  "ExecStart=/opt/edged/bin/edged-index-sync --config /etc/edged/edged.toml"):
         assert f"\n{line}\n" in sync, line
     timer = (UNITS / "edged-index-sync.timer").read_text()

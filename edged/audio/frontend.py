@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections import deque
@@ -244,6 +245,11 @@ class EchoMonitor:
         return self.state in ("converged", "no_echo")
 
 
+# +-1 LSB of dither, a fixed pseudo-random pattern played in a loop: its length (a prime) never
+# lines up with a capture period. numpy.random would cost the daemon 2 MB for this alone.
+_DITHER = np.array(random.Random(0).choices((-1.0, 0.0, 1.0), k=4801))
+
+
 class EchoCanceller:
     """AEC3 + high-pass (``pywebrtc-audio``) over whole capture periods, plus the monitor."""
 
@@ -252,13 +258,15 @@ class EchoCanceller:
 
         self._apm = AudioProcessor(sample_rate=CAPTURE_RATE, echo_cancellation=True,
                                    high_pass_filter=True)
-        self._rng = np.random.default_rng()
+        self._dither_at = 0
         self.monitor = EchoMonitor()
 
     def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
         # +-1 LSB of dither: exact digital silence after audio makes AEC3 several times slower
         # (denormals); one LSB is far below any microphone's noise.
-        far = np.clip(np.round(ref) + self._rng.integers(-1, 2, len(ref)), -32768, 32767)
+        at = (self._dither_at + np.arange(len(ref))) % len(_DITHER)
+        self._dither_at = (self._dither_at + len(ref)) % len(_DITHER)
+        far = np.clip(np.round(ref) + _DITHER[at], -32768, 32767)
         out = self._apm.process(mic.astype(np.int16), far.astype(np.int16))
         out = np.asarray(out, dtype=np.float64)
         self.monitor.update(ref, mic, out, len(mic) / CAPTURE_RATE)

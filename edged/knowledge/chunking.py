@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-import lxml.etree
-
 from edged.knowledge.text import Lang, detect_language
 
 CHUNKER_VERSION = "3"
@@ -172,6 +170,8 @@ class _HtmlSections:
         self._heading: tuple[int, list[str]] | None = None
         self._title: list[str] | None = None   # the first <title>'s text, while inside it
         self._title_text = ""
+        import lxml.etree  # only the sync parses HTML: the daemon's search path never pays 4 MB
+
         parser = lxml.etree.HTMLParser(target=self, encoding="utf-8", remove_comments=True,
                                        remove_pis=True)
         for start in range(0, len(data), 1 << 16):

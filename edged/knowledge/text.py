@@ -49,7 +49,9 @@ MAX_QUERY_WORDS = 12   # a spoken question rarely has more content words; bounds
 
 _WORD = re.compile(r"\w+")
 _COMBINING = re.compile(r"[\u0300-\u036f]+")   # the accents NFKD splits off Latin letters
-_STEMMERS = {"es": Stemmer.Stemmer("spanish"), "en": Stemmer.Stemmer("english")}
+# PyStemmer's own cache is off: ``stem`` below caches, once (see there why so little).
+_STEMMERS = {lang: Stemmer.Stemmer(name, maxCacheSize=0)
+             for lang, name in (("es", "spanish"), ("en", "english"))}
 
 # Function words that match everything and only slow BM25 down (lowercase, accents folded).
 STOPWORDS = frozenset(
@@ -78,9 +80,14 @@ def words(text: str) -> list[str]:
             if w not in STOPWORDS and not (w.isdigit() and len(w) < 2)]
 
 
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=4096)
 def stem(word: str, lang: Lang) -> str:
     """One (folded) word's stem in one language (cached: vocabularies repeat a lot).
+
+    A few thousand entries: the commonest words are most of the calls, and stemming a rarer
+    one is a microsecond of C. A cache of every word seen (200,000 entries, and PyStemmer's own
+    10,000 per language) grew by megabytes over a nightly sync and in the daemon, and was no
+    faster (scripts/bench_knowledge.py, memory of the nightly sync).
 
     Words are stemmed without their accents: speech recognition and hurried typing drop them,
     and the Spanish stemmer then still agrees («auditorías» and «auditoria» -> ``auditori``).
