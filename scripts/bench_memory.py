@@ -11,7 +11,7 @@ MemoryMax= are set from (docs/operations.md).
    daemon's `debug.memory` hook) and the shared libraries newly mapped, with their RSS.
 2. Where a fresh daemon's memory goes: each package's import cost, measured alone in a fresh
    interpreter (RSS after the import minus the interpreter's own), the audio front end's and
-   the multilingual embedder's libraries included.
+   the multilingual embedder's libraries included, and the embedder itself loaded alone.
 3. The nightly sync: `edged-index-sync` building the sample knowledge base (peak RSS = the
    child's ru_maxrss; large corpora are scripts/bench_knowledge.py's).
 
@@ -188,6 +188,33 @@ print(base, mid, rss())
 """
 
 
+# The multilingual embedder loaded in a fresh interpreter (its imports done first): "sp" loads
+# only its SentencePiece tokenizer, "embedder" the whole embedder and runs one query.
+EMBEDDER_PROBE = """
+import sys
+import numpy, sentencepiece
+from edged.knowledge.embedders import MULTILINGUAL_DIR_NAME, MultilingualEmbedder, resolve_model_dir
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1])
+model = resolve_model_dir(None, name=MULTILINGUAL_DIR_NAME)
+base = rss()
+if sys.argv[1] == "sp":
+    tok = sentencepiece.SentencePieceProcessor(model_file=str(model / "sp.model"))
+else:
+    emb = MultilingualEmbedder(model)   # kept: measured while it is alive
+    emb.encode(["¿Qué es la gobernanza en MLOps?"])
+print(rss() - base)
+"""
+
+
+def embedder_cost(what: str) -> float:
+    """kB of RSS the multilingual embedder (``embedder``) or its tokenizer alone (``sp``) add."""
+    return float(subprocess.run([sys.executable, "-c", EMBEDDER_PROBE, what], text=True,
+                                capture_output=True, check=True).stdout)
+
+
 def import_cost(name: str, after: list[str]) -> float:
     """kB of RSS ``name`` adds in a fresh interpreter once ``after`` are imported."""
     out = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *after, name], text=True,
@@ -229,6 +256,11 @@ def main() -> None:
         for name in IMPORTS:
             print(f"  import {name:<24} {mb(import_cost(name, done))}")
             done.append(name)
+
+        whole, tok = embedder_cost("embedder"), embedder_cost("sp")
+        print(f"  multilingual embedder + 1 query {mb(whole)}  (its SentencePiece tokenizer "
+              f"{mb(tok).strip()}, the MLP and lookup arrays {mb(whole - tok).strip()}; the "
+              "int8 table is read from the file)")
 
         print("nightly sync (edged-index-sync, peak RSS = ru_maxrss of the process):")
         print(f"  sample knowledge base           {mb(peak_sample)}  ({line})")

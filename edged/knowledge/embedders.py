@@ -3,7 +3,7 @@
 ``multilingual``: a static version of Google's Universal Sentence Encoder multilingual v3
 (built by ``scripts/build-multilingual-embedder`` from the weights a PyPI package ships; see
 that script for why it is faithful). Spanish and English land in one space, so a Spanish
-question finds an English page and the other way round. ~0.5 ms per query, numpy +
+question finds an English page and the other way round. Under 1 ms per query, numpy +
 ``sentencepiece`` only. ``local``: the English model2vec model distilled from all-MiniLM-L6-v2.
 
 Why one async protocol: the Gemini embedder is a network call through google-genai's
@@ -112,12 +112,14 @@ class _FileRows:
     """A 2-D array's rows read from the file on demand instead of held in memory.
 
     The int8 table is 22 MB and a query needs a few dozen of its rows. Mapping the file was
-    tried first: on this machine's kernel each touched row mapped its whole page-cache folio, so
-    one question made 6 MB of the table resident (scripts/bench_memory.py). ``pread`` of the
-    rows asked for costs a few microseconds each (nearby rows in one call) and leaves the
+    tried first: on the development VM's kernel (6.18) each touched row mapped its whole
+    page-cache folio, so a single question made megabytes of the table resident. ``pread`` of
+    the rows asked for costs a few microseconds each (nearby rows in one call) and leaves the
     file to the page cache, which the kernel can drop. The descriptor stays open, so a model
     rebuilt underneath keeps serving this process the file it was loaded from.
     """
+
+    GAP = 32   # rows this close are read in one call with the rows between them (8 KB)
 
     def __init__(self, path: Path, layout: Layout) -> None:
         self._path = path
@@ -126,8 +128,6 @@ class _FileRows:
         self._row_bytes = self._width * self._dtype.itemsize
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         weakref.finalize(self, os.close, self._fd)
-
-    GAP = 32   # rows this close are read in one call with the rows between them (8 KB)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The rows at the given sorted, distinct indices."""
