@@ -115,6 +115,15 @@ def test_runtime_modules_never_import_the_rigs() -> None:
             assert not {e for e in edges if e.startswith("edged_testing")}, name
 
 
+def run_fresh(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter (the tests below print the modules they
+    must not find loaded); it must exit cleanly."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_runtime_imports_without_cryptography_or_rigs() -> None:
     """In a fresh interpreter where ``cryptography`` cannot be imported, every runtime module
     loads, and neither it nor the rigs end up in ``sys.modules``."""
@@ -125,10 +134,7 @@ def test_runtime_imports_without_cryptography_or_rigs() -> None:
         f"for m in {RUNTIME_MODULES!r}: importlib.import_module(m)\n"
         "bad = sorted(m for m in sys.modules if m.startswith('edged_testing'))\n"
         "print(bad)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert run_fresh(code) == "[]"
 
 
 def test_daemon_leaves_out_the_html_parser_and_numpys_random() -> None:
@@ -140,17 +146,11 @@ def test_daemon_leaves_out_the_html_parser_and_numpys_random() -> None:
             "from edged.audio.frontend import EchoCanceller\n"
             "EchoCanceller().process(np.zeros(480), np.zeros(480))\n"
             "print(sorted(m for m in sys.modules if m.startswith(('lxml', 'numpy.random'))))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert run_fresh(code) == "[]"
 
 
 def test_daemon_loads_pynacl_only_to_verify_a_bundle() -> None:
     """A 512 MB device pays for PyNaCl (cffi + libsodium) only when a bundle arrives."""
     code = ("import sys, edged.daemon.run, edged.ota.apply, edged.ota.state, edged.edgectl\n"
             "print(sorted(m for m in sys.modules if m.startswith(('nacl', '_cffi'))))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert run_fresh(code) == "[]"
