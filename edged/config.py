@@ -360,7 +360,9 @@ class VadSettings(_Section):
     start_window_ms: int = Field(
         default=160, ge=10, description="Window for the start decision")
     end_silence_ms: int = Field(
-        default=700, ge=100, description="Silence that ends a turn (the end-of-turn latency)")
+        default=700, ge=100,
+        description="Silence that ends a turn (the end-of-turn latency); one voiced frame alone "
+                    "within it is taken for a click, two in a row for speech")
     min_speech_ms: int = Field(
         default=200, ge=0, description="Voiced audio needed to confirm a turn (drops clicks)")
     max_turn_s: float = Field(

@@ -6,6 +6,8 @@ or noise suppression here, so the uplinked audio is byte-for-byte the input), as
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from edged.audio.frontend import EchoMonitor, FrontEnd, dbfs
@@ -142,6 +144,30 @@ def test_short_blip_is_not_a_turn(question: bytes) -> None:
     events, gate = run(m.silence(500) + blip + m.silence(1500), vad)
     assert events == []
     assert gate.stats.rejected >= 1
+
+
+def test_one_voiced_frame_in_the_end_silence_is_a_click_two_are_speech(question: bytes) -> None:
+    """A click the detector scores as speech just before end_silence_ms runs out (in kitchen
+    noise: a spoon on a plate) does not restart the end-of-turn silence; two voiced frames in a
+    row do (the user goes on talking)."""
+    fs = frames(m.silence(500) + question + m.silence(2500))
+    last = max(i for i, f in enumerate(fs) if (f.speech or 0.0) >= 0.5)
+    click = last + 20                       # 640 ms into the 700 ms of silence
+    assert all((f.speech or 0.0) < 0.5 for f in fs[last + 1:])
+
+    def ended(voiced: list[int]) -> SpeechEnded:
+        gate = VadGate(VadSettings(), EchoSettings())
+        events: list[SpeechEvent] = []
+        for i, f in enumerate(fs):
+            events += gate.feed(replace(f, speech=0.9) if i in voiced else f)
+        (_, _, end), = turns(events)
+        assert end is not None and end.reason == "silence"
+        return end
+
+    plain = ended([])
+    assert ended([click]) == plain
+    resumed = ended([click, click + 1])
+    assert resumed.t == pytest.approx(fs[click + 1].t)     # the turn went on to the second one
 
 
 def test_max_turn_length_then_a_pause_or_the_cooldown(question: bytes) -> None:

@@ -18,7 +18,10 @@ Decisions, in order (docs/voice.md says why each is there):
 * Start: ``start_voiced_ms`` of voiced frames within ``start_window_ms``. The turn is then
   *pending* until ``min_speech_ms`` of voiced audio accumulated (coughs and clicks are
   dropped); nothing is lost meanwhile, the pending audio follows the pre-roll.
-* End: ``end_silence_ms`` of consecutive unvoiced frames. ``max_turn_s`` cuts a turn that
+* End: ``end_silence_ms`` of silence. Speech resumes only with two voiced frames in a row:
+  one voiced frame between unvoiced ones (a spoon on a plate; the speech detector scores some
+  such clicks just above ``vad.threshold``) counts as silence, else a click landing just
+  before the end doubled the end-of-turn latency. ``max_turn_s`` cuts a turn that
   never pauses; the gate then waits for a pause, but at most ``cooldown_s``, so it is never
   deaf for long.
 * Warm-up: the first ``warmup_ms`` after a (re)start only fill the pre-roll ring. They never
@@ -128,6 +131,7 @@ class VadGate:
         self._batch = bytearray()
         self._voiced_ms = 0
         self._silence_ms = 0
+        self._lone_voiced = False   # the last frame was one voiced frame after silence
         self._turn_ms = 0
         self._cool_ms = 0
         self._onset_frames = 0
@@ -229,9 +233,13 @@ class VadGate:
 
     def _after_trigger(self, f: _Frame, playing: bool) -> list[SpeechEvent]:
         fm = self._fm
-        self._silence_ms = 0 if f.voiced else self._silence_ms + fm
-        if f.voiced:
+        resumed = f.voiced and (self._silence_ms == 0 or self._lone_voiced)
+        self._lone_voiced = f.voiced and not resumed
+        if resumed:
+            self._silence_ms = 0
             self._last_voiced_end = f.t + fm / 1000
+        else:
+            self._silence_ms += fm
         if self.state == "cooldown":
             self._ring.append(f)
             self._cool_ms += fm
@@ -278,6 +286,7 @@ class VadGate:
         self._onset_frames = len(frames) - onset_idx
         self._voiced_ms = sum(self._fm for f in frames[onset_idx:] if f.voiced)
         self._silence_ms = 0
+        self._lone_voiced = False
         if not playing:
             self._need_ms = self.vad.min_speech_ms
         elif policy == "trusted":
