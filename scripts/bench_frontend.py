@@ -55,8 +55,12 @@ Sections:
    Silero's OpenMP workers included), 30 s of a session (replies, echo at -10 dB, the user),
    best of 2 runs, for the whole front end (AEC + NS + Silero + wake word, the reference's
    resampling included) and parts of it, and for webrtcvad alone.
+6. **A reply into noise, no echo path** (the microphone hears only the noise: the speaker it
+   cannot hear, as in the voice rig's noise rooms), new front end: per noise kind at 10 dB SNR,
+   the long reply played from each of ``NO_ECHO_OFFSETS`` points of one noise bed (4 s of noise
+   first); a reply is *falsely interrupted* when the gate confirms a turn while it plays.
 
-Sections 1-3 leave the wake word out of the front end (it does not change what the gate sees;
+Sections 1-3 and 6 leave the wake word out of the front end (it does not change what the gate sees;
 section 5 counts its cost). Numbers only; never passes or fails. Run alone:
 ``.venv/bin/python scripts/bench_frontend.py`` (about 4 minutes on a 2-core x86 VM).
 """
@@ -106,6 +110,10 @@ E2E_ECHO_DB = -10
 CPU_AUDIO_S = 30.0
 ROOM = {"echo_delay_ms": 20.0, "rt60_s": 0.25, "drr_db": 10.0, "seed": 0}
 BUFFER_PERIODS = AudioSettings().playback_buffer_ms // PERIOD_MS
+NO_ECHO_KINDS = ("fan", "street", "kitchen")
+NO_ECHO_BED_MS = 30_000
+NO_ECHO_OFFSETS = 12            # evenly over the bed
+NO_ECHO_LEAD_S = 4.0
 GOALS = {"bargein_p95_ms": 200.0, "clean_10db_pct": 90.0, "cpu_pct": 15.0}
 
 UTTERANCES = (
@@ -555,6 +563,34 @@ def print_bargein(res: dict[str, dict[int, tuple[BargeIns, BargeIns]]]) -> None:
                   f"{fmt_pct(over.latencies_ms)}")
 
 
+# --- 6. a reply into noise, no echo path -------------------------------------------------------
+
+
+def reply_interrupted(settings: Settings, bed: np.ndarray, reply24: np.ndarray) -> bool:
+    """Play ``reply24`` after ``NO_ECHO_LEAD_S`` of ``bed`` (looped) with no echo coming back:
+    did the gate confirm a turn while it played?"""
+    dev = OfflineDevice(settings)
+    lead = int(NO_ECHO_LEAD_S * 1000 / PERIOD_MS)
+    for j in range(lead + len(reply24) // N24):
+        k = j - lead
+        written = reply24[k * N24:(k + 1) * N24] if k >= 0 else None
+        events, _, _ = dev.tick(bed[(j * N16 + np.arange(N16)) % len(bed)], written)
+        if dev.playing and any(isinstance(ev, SpeechStarted) for ev in events):
+            return True
+    return False
+
+
+def bench_no_echo(reply24: bytes) -> dict[str, int]:
+    """Per noise kind: how many of ``NO_ECHO_OFFSETS`` replies were falsely interrupted."""
+    out: dict[str, int] = {}
+    for kind in NO_ECHO_KINDS:
+        bed = arr(m.noise_bed(kind, NO_ECHO_BED_MS, USER_DBFS - 10, seed=7))
+        step = len(bed) // NO_ECHO_OFFSETS
+        out[kind] = sum(reply_interrupted(new_settings(), np.roll(bed, -i * step), arr(reply24))
+                        for i in range(NO_ECHO_OFFSETS))
+    return out
+
+
 # --- 4. barge-in latency end to end -------------------------------------------------------------
 
 
@@ -723,13 +759,13 @@ def main() -> int:
     erle = bench_erle(paired[0], [(-20, 20), (-10, 20), (0, 20), (6, 20), (0, 5), (0, 60)],
                       paired)
     bargein = bench_bargein(paired, users)
+    long_reply = m.say(LONG_REPLY, "es", dbfs=REPLY_DBFS, rate=REPLY_RATE)
+    no_echo = bench_no_echo(long_reply)
     question = m.scale_to(m.say("¿Qué es la gobernanza en el contexto de MLOps?", "es"),
                           USER_DBFS)
     with tempfile.TemporaryDirectory(prefix="edged-bench-frontend-") as d:
         e2e = asyncio.run(bench_e2e(Path(d), question, users,
-                                    echo_gain_db(E2E_ECHO_DB, [m.say(LONG_REPLY, "es",
-                                                                     dbfs=REPLY_DBFS,
-                                                                     rate=REPLY_RATE)])))
+                                    echo_gain_db(E2E_ECHO_DB, [long_reply])))
 
     clean10 = print_turns(turns, len(utterances))
     print_erle(erle)
@@ -748,6 +784,13 @@ def main() -> int:
           "   (command: .venv/bin/python scripts/bench_frontend.py, section 5)")
     for label, v in cpu:
         print(f"  {label:60s} {v:.4f} s/s = {100 * v:5.2f} % of one core")
+
+    print(f"\n6. a reply into noise with no echo path, new front end: replies falsely "
+          f"interrupted,\n   10 dB SNR, the {len(long_reply) / 2 / REPLY_RATE:.0f} s reply from "
+          f"{NO_ECHO_OFFSETS} points of each noise bed\n"
+          "   (command: .venv/bin/python scripts/bench_frontend.py, section 6)")
+    for kind, false in no_echo.items():
+        print(f"  {kind:8s} {false} of {NO_ECHO_OFFSETS}")
 
     print("\ngoals (measured / goal = ratio; the webrtcvad gate for comparison)")
     q = p50_p95(e2e["silent"])                                     # type: ignore[arg-type]

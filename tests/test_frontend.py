@@ -153,7 +153,7 @@ async def test_a_question_in_noise_is_one_turn_that_ends_with_the_speech(
     """10 dB SNR, the noise bed running all along: the noise alone opens no turn, and the
     question is one turn, closed within a second of audio after it ends (end_silence_ms is 0.7 s
     of it). What happens later, while the reply plays into the same noise, is not this test's:
-    under heavy load a false barge-in there was seen (README, "Known limits")."""
+    with no echo path the noise can barge in (README, "Known limits"; bench_frontend section 6)."""
     scenario = Scenario.default(transcripts=["¿Qué es la gobernanza?"])
     async with voice_rig(tmp_path, scenario, speed=SPEED, extra=DSP) as rig:
         bed = m.noise_bed(kind, 30_000, USER_DBFS - 10, seed=7)
