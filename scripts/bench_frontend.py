@@ -62,7 +62,7 @@ Sections:
 
 Sections 1-3 and 6 leave the wake word out of the front end (it does not change what the gate sees;
 section 5 counts its cost). Numbers only; never passes or fails. Run alone:
-``.venv/bin/python scripts/bench_frontend.py`` (about 4 minutes on a 2-core x86 VM).
+``.venv/bin/python scripts/bench_frontend.py`` (about 6 minutes on a 2-core x86 VM).
 """
 
 from __future__ import annotations
