@@ -563,34 +563,6 @@ def print_bargein(res: dict[str, dict[int, tuple[BargeIns, BargeIns]]]) -> None:
                   f"{fmt_pct(over.latencies_ms)}")
 
 
-# --- 6. a reply into noise, no echo path -------------------------------------------------------
-
-
-def reply_interrupted(settings: Settings, bed: np.ndarray, reply24: np.ndarray) -> bool:
-    """Play ``reply24`` after ``NO_ECHO_LEAD_S`` of ``bed`` (looped) with no echo coming back:
-    did the gate confirm a turn while it played?"""
-    dev = OfflineDevice(settings)
-    lead = int(NO_ECHO_LEAD_S * 1000 / PERIOD_MS)
-    for j in range(lead + len(reply24) // N24):
-        k = j - lead
-        written = reply24[k * N24:(k + 1) * N24] if k >= 0 else None
-        events, _, _ = dev.tick(bed[(j * N16 + np.arange(N16)) % len(bed)], written)
-        if dev.playing and any(isinstance(ev, SpeechStarted) for ev in events):
-            return True
-    return False
-
-
-def bench_no_echo(reply24: bytes) -> dict[str, int]:
-    """Per noise kind: how many of ``NO_ECHO_OFFSETS`` replies were falsely interrupted."""
-    out: dict[str, int] = {}
-    for kind in NO_ECHO_KINDS:
-        bed = arr(m.noise_bed(kind, NO_ECHO_BED_MS, USER_DBFS - 10, seed=7))
-        step = len(bed) // NO_ECHO_OFFSETS
-        out[kind] = sum(reply_interrupted(new_settings(), np.roll(bed, -i * step), arr(reply24))
-                        for i in range(NO_ECHO_OFFSETS))
-    return out
-
-
 # --- 4. barge-in latency end to end -------------------------------------------------------------
 
 
@@ -727,6 +699,35 @@ def bench_cpu(replies24: list[bytes], users: list[bytes]) -> list[tuple[str, flo
         ("webrtcvad alone (30 ms frames)", None, False),
     ]
     return [(label, cpu_per_audio_s(s, w, mics, written)) for label, s, w in rows]
+
+
+# --- 6. a reply into noise, no echo path -------------------------------------------------------
+
+
+def reply_interrupted(settings: Settings, bed: np.ndarray, reply24: np.ndarray) -> bool:
+    """Play ``reply24`` after ``NO_ECHO_LEAD_S`` of ``bed`` (looped) with no echo coming back:
+    did the gate confirm a turn while it played?"""
+    dev = OfflineDevice(settings)
+    lead = int(NO_ECHO_LEAD_S * 1000 / PERIOD_MS)
+    for j in range(lead + len(reply24) // N24):
+        k = j - lead
+        written = reply24[k * N24:(k + 1) * N24] if k >= 0 else None
+        events, _, _ = dev.tick(bed[(j * N16 + np.arange(N16)) % len(bed)], written)
+        if dev.playing and any(isinstance(ev, SpeechStarted) for ev in events):
+            return True
+    return False
+
+
+def bench_no_echo(reply24: bytes) -> dict[str, int]:
+    """Per noise kind: how many of ``NO_ECHO_OFFSETS`` replies were falsely interrupted."""
+    reply = arr(reply24)
+    out: dict[str, int] = {}
+    for kind in NO_ECHO_KINDS:
+        bed = arr(m.noise_bed(kind, NO_ECHO_BED_MS, USER_DBFS - 10, seed=7))
+        step = len(bed) // NO_ECHO_OFFSETS
+        out[kind] = sum(reply_interrupted(new_settings(), np.roll(bed, -i * step), reply)
+                        for i in range(NO_ECHO_OFFSETS))
+    return out
 
 
 # --- main ---------------------------------------------------------------------------------------
